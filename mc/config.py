@@ -1,0 +1,394 @@
+"""The MC's configuration: the one home of every setting's name, default and rule.
+
+Values come from flags, then the environment, then the defaults here. Secrets
+(the service token, the GC tokens, a Redis password) come only from the
+environment or from files, never from flag values, and are redacted in every
+repr so they cannot reach a log line.
+"""
+
+import os
+import re
+import secrets
+import socket
+from dataclasses import dataclass, field, fields
+from urllib.parse import urlsplit, urlunsplit
+
+from mc.errors import ConfigError
+
+ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+MAX_REGION_LEN = 50
+MAX_URL_LEN = 255
+MAX_UINT31 = 2**31 - 1
+MAX_TOKEN_BYTES = 8192
+TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")
+
+
+class Secret:
+    """A value that never shows itself in a repr or str."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value):
+        self._value = value
+
+    def reveal(self):
+        return self._value
+
+    def __repr__(self):
+        return "Secret('<redacted>')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other):
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self):
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self):
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """Where the fleet's Redis is; ``password`` is a Secret or None."""
+
+    scheme: str
+    host: str
+    port: int
+    db: int
+    password: Secret = field(default=None)
+    username: str = None
+
+    @property
+    def tls(self):
+        return self.scheme == "rediss"
+
+    def __str__(self):
+        auth = ":<redacted>@" if self.password is not None else ""
+        if self.username:
+            auth = f"{self.username}{auth or '@'}"
+        return f"{self.scheme}://{auth}{self.host}:{self.port}/{self.db}"
+
+
+def _advertise_host():
+    """This host's name as other hosts would reach it; never ``localhost``."""
+    for name in (socket.getfqdn(), socket.gethostname()):
+        if name and not name.startswith("localhost") and name not in ("0.0.0.0", "::"):
+            return name
+    return socket.gethostname() or "mc"
+
+
+def default_mc_id():
+    """``mc-<hostname>-<8 hex>``, made to pass the GC's id rule."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0]) or "host"
+    return f"mc-{host[:200]}-{secrets.token_hex(4)}"
+
+
+def parse_id(option, value):
+    if not ID_RE.match(value):
+        raise ConfigError(
+            option,
+            f"{value!r} is not a valid id (1-255 letters, digits, '-' or '_')",
+        )
+    return value
+
+
+def parse_region(option, value):
+    if not value or len(value) > MAX_REGION_LEN:
+        raise ConfigError(option, f"must be 1-{MAX_REGION_LEN} characters")
+    return value
+
+
+def parse_http_url(option, value):
+    """A URL the GC accepts: http(s)://host[:port][/path], at most 255 chars."""
+    if len(value) > MAX_URL_LEN:
+        raise ConfigError(option, f"must be at most {MAX_URL_LEN} characters")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as e:
+        raise ConfigError(option, f"{value!r} is not a valid URL ({e})") from None
+    if parts.scheme not in ("http", "https") or not value.startswith(parts.scheme + "://"):
+        raise ConfigError(option, f"{value!r} must start with http:// or https://")
+    if not parts.hostname:
+        raise ConfigError(option, f"{value!r} has no host")
+    if parts.username or parts.password:
+        raise ConfigError(option, "must not carry credentials")
+    return value
+
+
+def parse_gc_url(option, value):
+    parse_http_url(option, value)
+    parts = urlsplit(value)
+    if not parts.port:
+        raise ConfigError(option, f"{value!r} must name a port")
+    return value
+
+
+def parse_address(option, value):
+    """``host:port`` or ``[v6]:port``; port 0 asks the kernel for a free one."""
+    m = re.match(r"^\[([0-9A-Fa-f:.]+)\]:(\d{1,5})$", value) or re.match(
+        r"^([A-Za-z0-9.-]+):(\d{1,5})$", value
+    )
+    if not m:
+        raise ConfigError(option, f"{value!r} is not host:port")
+    port = int(m.group(2))
+    if port > 65535:
+        raise ConfigError(option, f"port {port} is out of range 0-65535")
+    return Address(m.group(1), port)
+
+
+def _int_range(lo, hi):
+    def parse(option, value):
+        try:
+            n = int(value, 10) if isinstance(value, str) else int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(option, f"{value!r} is not an integer") from None
+        if not lo <= n <= hi:
+            raise ConfigError(option, f"{n} is out of range {lo}-{hi}")
+        return n
+
+    return parse
+
+
+def _seconds(lo, hi):
+    def parse(option, value):
+        try:
+            n = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(option, f"{value!r} is not a number of seconds") from None
+        if not lo <= n <= hi:
+            raise ConfigError(option, f"{n:g} is out of range {lo:g}-{hi:g} seconds")
+        return n
+
+    return parse
+
+
+def parse_redis_url(option, value):
+    """``redis://[[user]:password@]host[:port][/db]``; ``rediss://`` for TLS."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port or 6379
+    except ValueError:
+        raise ConfigError(option, "is not a valid redis:// URL") from None
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ConfigError(option, "must look like redis://[:password@]host[:port][/db]")
+    path = parts.path.lstrip("/")
+    if path and not path.isdigit():
+        raise ConfigError(option, f"database {path!r} is not an integer")
+    db = int(path) if path else 0
+    password = Secret(parts.password) if parts.password else None
+    return RedisTarget(parts.scheme, parts.hostname, port, db, password, parts.username or None)
+
+
+def parse_choice(*choices):
+    def parse(option, value):
+        if value not in choices:
+            raise ConfigError(option, f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def parse_token(option, value):
+    """A bearer token the GC would accept: 1-8192 printable ASCII bytes."""
+    value = value.strip()
+    if not value:
+        raise ConfigError(option, "is empty")
+    if len(value.encode()) > MAX_TOKEN_BYTES:
+        raise ConfigError(option, f"is longer than {MAX_TOKEN_BYTES} bytes")
+    if not TOKEN_RE.match(value):
+        raise ConfigError(option, "must be printable ASCII without spaces")
+    return Secret(value)
+
+
+def parse_token_list(option, value):
+    tokens = [t for t in re.split(r"[,\s]+", value) if t]
+    if not tokens:
+        raise ConfigError(option, "holds no token")
+    return tuple(parse_token(option, t) for t in tokens)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One plain (non-secret) setting: its env name, flag, default and rule."""
+
+    name: str
+    env: str
+    flag: str
+    default: object
+    parse: object
+    help: str
+
+    @property
+    def option(self):
+        return f"{self.env} / --{self.flag}"
+
+
+SETTINGS = (
+    Setting("mc_id", "MC_ID", "mc-id", None, parse_id,
+            "This MC's id at the GC [default: mc-<hostname>-<8 random hex>]"),
+    Setting("region", "MC_REGION", "region", "us-east-1", parse_region, "Region this MC serves"),
+    Setting("gc_url", "GC_GRPC_URL", "gc-url", "http://localhost:50051", parse_gc_url,
+            "GC gRPC URL; https:// means TLS"),
+    Setting("gc_ca_file", "MC_GC_CA_FILE", "gc-ca-file", None, None,
+            "CA bundle (PEM) to verify the GC's TLS certificate [default: system roots]"),
+    Setting("redis_url", "REDIS_URL", "redis-url", "redis://127.0.0.1:6379/0", parse_redis_url,
+            "The fleet's Redis; a password may be given in the URL"),
+    Setting("grpc_listen", "MC_GRPC_BIND_ADDRESS", "grpc-listen", "0.0.0.0:50052", parse_address,
+            "host:port the MC's gRPC server listens on"),
+    Setting("grpc_advertise", "MC_GRPC_ADVERTISE_URL", "grpc-advertise", None, parse_http_url,
+            "gRPC URL the GC should call [default: http://<FQDN>:<grpc port>]"),
+    Setting("webtransport_advertise", "MC_WEBTRANSPORT_ADVERTISE_URL", "webtransport-advertise",
+            None, parse_http_url, "WebTransport URL for clients [default: https://<FQDN>:4433]"),
+    Setting("health_listen", "MC_HEALTH_BIND_ADDRESS", "health-listen", "0.0.0.0:8081",
+            parse_address, "host:port of /healthz, /readyz and /metrics"),
+    Setting("max_meetings", "MC_MAX_MEETINGS", "max-meetings", 1000, _int_range(1, MAX_UINT31),
+            "Most meetings hosted at once"),
+    Setting("max_participants", "MC_MAX_PARTICIPANTS", "max-participants", 10000,
+            _int_range(1, MAX_UINT31), "Most participants across all meetings"),
+    Setting("participant_estimate", "MC_PARTICIPANT_ESTIMATE", "participant-estimate", 10,
+            _int_range(0, MAX_UINT31), "Participants a new meeting is assumed to bring"),
+    Setting("shutdown_grace", "MC_SHUTDOWN_GRACE_SECONDS", "shutdown-grace", 30.0,
+            _seconds(0, 3600), "Seconds to wait for hosted meetings to end at shutdown"),
+    Setting("meeting_idle", "MC_MEETING_IDLE_SECONDS", "meeting-idle", 300.0,
+            _seconds(1, 86400), "Seconds a meeting may have no participants before it ends"),
+    Setting("lag_threshold", "MC_REACTOR_LAG_THRESHOLD", "lag-threshold", 0.5,
+            _seconds(0.01, 60), "Reactor lag (seconds) above which health is DEGRADED"),
+    Setting("log_format", "MC_LOG_FORMAT", "log-format", "text", parse_choice("text", "json"),
+            "Log format: text or json (one JSON object per line)"),
+)
+
+SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
+
+SERVICE_TOKEN = ("MC_SERVICE_TOKEN", "MC_SERVICE_TOKEN_FILE", "service-token-file")
+GC_TOKENS = ("MC_GC_TOKENS", "MC_GC_TOKENS_FILE", "gc-tokens-file")
+INSECURE_NO_AUTH_FLAG = "insecure-no-auth"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated settings; secrets are ``Secret`` so the repr redacts them."""
+
+    mc_id: str
+    region: str
+    gc_url: str
+    gc_ca_file: str
+    redis: RedisTarget
+    grpc_listen: Address
+    grpc_advertise: str
+    webtransport_advertise: str
+    health_listen: Address
+    max_meetings: int
+    max_participants: int
+    participant_estimate: int
+    shutdown_grace: float
+    meeting_idle: float
+    lag_threshold: float
+    log_format: str
+    service_token: Secret
+    gc_tokens: tuple
+    insecure_no_auth: bool = False
+
+    @property
+    def gc_tls(self):
+        return self.gc_url.startswith("https://")
+
+    @property
+    def gc_target(self):
+        """``host:port`` for grpc.*_channel."""
+        parts = urlsplit(self.gc_url)
+        return str(Address(parts.hostname, parts.port))
+
+    def describe(self):
+        """A dict safe to log: secrets and the Redis password are redacted."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "gc_tokens":
+                v = f"<{len(v)} redacted>"
+            elif isinstance(v, (Secret, RedisTarget, Address)):
+                v = str(v)
+            out[f.name] = v
+        return out
+
+
+def _read_secret_file(option, path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(option, f"cannot read {path!r}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(option, f"{path!r} is not UTF-8 text") from None
+
+
+def _secret_source(flags, environ, spec):
+    """The raw secret text and the option it came from, by precedence: the
+    flag's file, then the env value, then the env file."""
+    env_value, env_file, flag = spec
+    if flags.get(flag):
+        opt = f"--{flag}"
+        return opt, _read_secret_file(opt, flags[flag])
+    if environ.get(env_value) and environ.get(env_file):
+        raise ConfigError(f"{env_value} / {env_file}", "set only one of them")
+    if environ.get(env_value) is not None:
+        return env_value, environ[env_value]
+    if environ.get(env_file):
+        return env_file, _read_secret_file(env_file, environ[env_file])
+    return f"{env_value} (or {env_file} / --{flag})", None
+
+
+def load(flags=None, environ=None):
+    """Build a Config from flags (``{flag-name: str}``; None or missing means
+    unset) over the environment over the defaults. Raises ConfigError naming
+    the first bad option."""
+    flags = flags or {}
+    environ = os.environ if environ is None else environ
+    values = {}
+    for s in SETTINGS:
+        raw = flags.get(s.flag)
+        option = f"--{s.flag}"
+        if raw is None and environ.get(s.env) not in (None, ""):
+            raw, option = environ[s.env], s.env
+        if raw is None:
+            raw, option = s.default, s.option
+        values[s.name] = raw if raw is None or s.parse is None else s.parse(option, raw)
+
+    if values["gc_ca_file"] is not None and not os.path.isfile(values["gc_ca_file"]):
+        raise ConfigError(SETTINGS_BY_NAME["gc_ca_file"].option, "file does not exist")
+    values["redis"] = values.pop("redis_url")
+    if values["mc_id"] is None:
+        values["mc_id"] = default_mc_id()
+
+    host = _advertise_host()
+    if values["grpc_advertise"] is None:
+        if values["grpc_listen"].port == 0:
+            raise ConfigError(SETTINGS_BY_NAME["grpc_advertise"].option,
+                              "required when the gRPC port is 0")
+        values["grpc_advertise"] = f"http://{host}:{values['grpc_listen'].port}"
+    if values["webtransport_advertise"] is None:
+        values["webtransport_advertise"] = f"https://{host}:4433"
+
+    option, raw = _secret_source(flags, environ, SERVICE_TOKEN)
+    if raw is None:
+        raise ConfigError(option, "is required: the bearer token the MC sends to the GC")
+    values["service_token"] = parse_token(option, raw)
+
+    insecure = bool(flags.get(INSECURE_NO_AUTH_FLAG))
+    option, raw = _secret_source(flags, environ, GC_TOKENS)
+    if raw is None:
+        if not insecure:
+            raise ConfigError(option, "is required unless --insecure-no-auth is given")
+        values["gc_tokens"] = ()
+    else:
+        values["gc_tokens"] = parse_token_list(option, raw)
+    values["insecure_no_auth"] = insecure
+    return Config(**values)

@@ -1,0 +1,51 @@
+"""Exceptions that cross module boundaries. None of them carries a secret."""
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; ``option`` names it the way
+    the operator wrote it (env var and flag)."""
+
+    def __init__(self, option, problem):
+        super().__init__(f"{option}: {problem}")
+        self.option = option
+        self.problem = problem
+
+
+class StoreError(Exception):
+    """Base of every failure of the fenced store."""
+
+
+class StoreUnavailable(StoreError):
+    """Redis could not be reached or did not answer in time."""
+
+
+class FencedOut(StoreError):
+    """Another writer holds a newer generation of this meeting; nothing changed."""
+
+    def __init__(self, meeting_id, generation, stored_generation):
+        super().__init__(
+            f"meeting {meeting_id}: generation {generation} fenced out by "
+            f"stored generation {stored_generation}"
+        )
+        self.meeting_id = meeting_id
+        self.generation = generation
+        self.stored_generation = stored_generation
+
+
+class CorruptGeneration(StoreError):
+    """The stored generation is not an integer; it is left as found."""
+
+    def __init__(self, meeting_id):
+        super().__init__(f"meeting {meeting_id}: stored generation is not an integer")
+        self.meeting_id = meeting_id
+
+
+class GcCallError(Exception):
+    """A call to the GC failed; ``code`` is the ``grpc.StatusCode`` name
+    (e.g. ``"NOT_FOUND"``, ``"UNAVAILABLE"``)."""
+
+    def __init__(self, method, code, details=""):
+        super().__init__(f"{method}: {code}: {details}")
+        self.method = method
+        self.code = code
+        self.details = details
