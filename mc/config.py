@@ -11,7 +11,7 @@ import re
 import secrets
 import socket
 from dataclasses import dataclass, field, fields
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from mc.errors import ConfigError
 

@@ -1,0 +1,125 @@
+"""The MC's health as the GC and operators see it, and the periodic monitor
+that measures reactor lag and samples CPU and memory.
+
+Health is derived, never stored: DRAINING while draining, UNHEALTHY while
+Redis is unreachable, DEGRADED under CPU/memory pressure or reactor lag,
+HEALTHY otherwise. PENDING is the GC's word for "not heard yet" and never ours.
+"""
+
+from twisted.application.service import Service
+from twisted.logger import Logger
+
+HEALTHY = "HEALTHY"
+DEGRADED = "DEGRADED"
+UNHEALTHY = "UNHEALTHY"
+DRAINING = "DRAINING"
+
+PRESSURE_PERCENT = 90.0
+
+
+class Health:
+    """Inputs to the health decision and the observers of its changes."""
+
+    log = Logger()
+
+    def __init__(self, redis_up, lag_threshold):
+        self._redis_up = redis_up
+        self.lag_threshold = lag_threshold
+        self.draining = False
+        self.cpu_percent = 0.0
+        self.memory_percent = 0.0
+        self.reactor_lag = 0.0
+        self._observers = []
+        self._last = None
+
+    @property
+    def redis_up(self):
+        return bool(self._redis_up())
+
+    @property
+    def status(self):
+        if self.draining:
+            return DRAINING
+        if not self.redis_up:
+            return UNHEALTHY
+        if (self.cpu_percent >= PRESSURE_PERCENT or self.memory_percent >= PRESSURE_PERCENT
+                or self.reactor_lag > self.lag_threshold):
+            return DEGRADED
+        return HEALTHY
+
+    def on_change(self, observer):
+        """Call ``observer(status)`` whenever the status changes."""
+        self._observers.append(observer)
+
+    def set_draining(self, draining):
+        self.draining = bool(draining)
+        self.check()
+
+    def check(self):
+        """Re-evaluate and tell observers if the status changed."""
+        status = self.status
+        if status == self._last:
+            return status
+        previous, self._last = self._last, status
+        if previous is not None:
+            self.log.info("health {previous} -> {status}", previous=previous, status=status)
+        for observer in list(self._observers):
+            try:
+                observer(status)
+            except Exception:
+                self.log.failure("health observer failed")
+        return status
+
+
+class HealthMonitor(Service):
+    """Ticks every ``interval`` seconds: the lateness of each tick is the
+    reactor's lag, and each tick re-checks health, so a Redis outage or
+    recovery is noticed within one tick. CPU and memory are sampled every
+    ``sample_every`` seconds: shorter CPU windows are noise."""
+
+    name = "health-monitor"
+    log = Logger()
+
+    def __init__(self, health, probe, clock, interval=0.25, sample_every=2.0, on_lag=None):
+        self._health = health
+        self._probe = probe
+        self._clock = clock
+        self.interval = interval
+        self.sample_every = sample_every
+        self._on_lag = on_lag
+        self._call = None
+        self._expected = None
+        self._next_sample = 0.0
+
+    def startService(self):
+        super().startService()
+        self._schedule()
+
+    def stopService(self):
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        return super().stopService()
+
+    def _schedule(self):
+        self._expected = self._clock.seconds() + self.interval
+        self._call = self._clock.callLater(self.interval, self._tick)
+
+    def _tick(self):
+        try:
+            lag = max(0.0, self._clock.seconds() - self._expected)
+            h = self._health
+            h.reactor_lag = lag
+            now = self._clock.seconds()
+            if now >= self._next_sample:
+                self._next_sample = now + self.sample_every
+                h.cpu_percent = self._probe.cpu_percent()
+                h.memory_percent = self._probe.memory_percent()
+            if self._on_lag is not None:
+                self._on_lag(lag)
+            h.check()
+        except Exception:
+            self.log.failure("health monitor tick failed")
+        finally:
+            if self.running:
+                self._schedule()

@@ -1,0 +1,53 @@
+"""The Prometheus metrics, in one registry per MC (no module-level singletons,
+so tests and several MCs in one process never share counters). Labels are
+bounded enums only: never a meeting id, token or URL."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+ASSIGNMENT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                      1.0, 2.5, 5.0, 10.0)
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self, registry=None):
+        self.registry = r = registry or CollectorRegistry()
+        self.meetings_current = Gauge(
+            "mc_meetings_current", "Meetings hosted now", registry=r)
+        self.participants_current = Gauge(
+            "mc_participants_current", "Participants across hosted meetings", registry=r)
+        self.max_meetings = Gauge(
+            "mc_meetings_max", "Configured meeting capacity", registry=r)
+        self.max_participants = Gauge(
+            "mc_participants_max", "Configured participant capacity", registry=r)
+        self.assignments = Counter(
+            "mc_meeting_assignments_total", "AssignMeetingWithMh answers",
+            ["status", "rejection_reason"], registry=r)
+        self.assignment_duration = Histogram(
+            "mc_assignment_duration_seconds", "Time to answer AssignMeetingWithMh",
+            buckets=ASSIGNMENT_BUCKETS, registry=r)
+        self.heartbeats = Counter(
+            "mc_gc_heartbeats_total", "Heartbeats sent to the GC", ["kind", "outcome"],
+            registry=r)
+        self.registrations = Counter(
+            "mc_gc_registrations_total", "Registration attempts", ["outcome"], registry=r)
+        self.registered = Gauge(
+            "mc_gc_registered", "1 while registered with the GC", registry=r)
+        self.fenced_out = Counter(
+            "mc_fenced_out_total", "Meetings lost to another MC's newer generation", registry=r)
+        self.meetings_ended = Counter(
+            "mc_meetings_ended_total", "Meetings that ended here", ["reason"], registry=r)
+        self.redis_up = Gauge(
+            "mc_redis_up", "1 while connected to Redis", registry=r)
+        self.reactor_lag = Gauge(
+            "mc_reactor_lag_seconds", "Lateness of the last health-monitor tick", registry=r)
+        self.reactor_lag_hist = Histogram(
+            "mc_reactor_lag_distribution_seconds", "Lateness of health-monitor ticks",
+            buckets=LAG_BUCKETS, registry=r)
+        self.health = Gauge(
+            "mc_health_status", "1 for the current health status", ["status"], registry=r)
+        self.draining = Gauge("mc_draining", "1 while draining", registry=r)
+
+    def observe_lag(self, lag):
+        self.reactor_lag.set(lag)
+        self.reactor_lag_hist.observe(lag)

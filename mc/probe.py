@@ -1,0 +1,100 @@
+"""CPU and memory of this MC's container (cgroup v2 limits) or host, without
+blocking: every reading is a small procfs/sysfs read or a psutil counter."""
+
+import os
+
+import psutil
+from zope.interface import implementer
+
+from mc.interfaces import ISystemProbe
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def _clamp(v):
+    return max(0.0, min(100.0, float(v)))
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def cgroup_dir(root=CGROUP_ROOT, proc_cgroup="/proc/self/cgroup"):
+    """This process's cgroup v2 directory, or None when not under cgroup v2."""
+    text = _read(proc_cgroup)
+    if not text:
+        return None
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            path = os.path.join(root, line[3:].lstrip("/"))
+            return path if os.path.isfile(os.path.join(path, "cgroup.controllers")) else None
+    return None
+
+
+@implementer(ISystemProbe)
+class SystemProbe:
+    """Usage against cgroup v2 limits where they are set, else the host's.
+
+    ``clock`` is a callable returning monotonic seconds (injectable for tests).
+    """
+
+    def __init__(self, cgroup=None, clock=None, cpu_count=None):
+        import time
+
+        self._cgroup = cgroup if cgroup is not None else cgroup_dir()
+        self._clock = clock or time.monotonic
+        self._cpu_count = cpu_count or os.cpu_count() or 1
+        self._last_usage = None
+        self._last_time = None
+        self.cpu_percent()
+
+    def _cpu_limit(self):
+        """Cores the cgroup may use, or None when unlimited."""
+        if not self._cgroup:
+            return None
+        raw = _read(os.path.join(self._cgroup, "cpu.max"))
+        if not raw:
+            return None
+        quota, _, period = raw.partition(" ")
+        if quota == "max":
+            return None
+        try:
+            return int(quota) / int(period or 100000)
+        except (ValueError, ZeroDivisionError):
+            return None
+
+    def _cgroup_usage_usec(self):
+        raw = _read(os.path.join(self._cgroup, "cpu.stat")) if self._cgroup else None
+        if raw:
+            for line in raw.splitlines():
+                if line.startswith("usage_usec "):
+                    return int(line.split()[1])
+        return None
+
+    def cpu_percent(self):
+        limit = self._cpu_limit()
+        usage = self._cgroup_usage_usec() if limit else None
+        if usage is None:
+            return _clamp(psutil.cpu_percent(interval=None))
+        now = self._clock()
+        prev_usage, prev_time = self._last_usage, self._last_time
+        self._last_usage, self._last_time = usage, now
+        if prev_usage is None or now <= prev_time:
+            return 0.0
+        used_seconds = (usage - prev_usage) / 1e6
+        return _clamp(100.0 * used_seconds / ((now - prev_time) * limit))
+
+    def memory_percent(self):
+        if self._cgroup:
+            limit = _read(os.path.join(self._cgroup, "memory.max"))
+            current = _read(os.path.join(self._cgroup, "memory.current"))
+            if limit and limit != "max" and current:
+                try:
+                    return _clamp(100.0 * int(current) / int(limit))
+                except (ValueError, ZeroDivisionError):
+                    pass
+        return _clamp(psutil.virtual_memory().percent)

@@ -1,0 +1,251 @@
+"""RedisFencedStore: IFencedStore over txredisapi, every write fenced in Lua."""
+
+import json
+import re
+
+import txredisapi
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from mc import scripts
+from mc.errors import CorruptGeneration, FencedOut, StoreError, StoreUnavailable
+from mc.interfaces import IFencedStore
+from mc.keys import generation_key, mh_key, state_key
+
+#: The contract's ``meeting:<id>:mh`` fields, no more and no fewer.
+ASSIGNMENT_FIELDS = frozenset(
+    ("primary_mh_id", "primary_endpoint", "backup_mh_id", "backup_endpoint", "assigned_at")
+)
+
+# What the Lua scripts accept as a generation (see lua/_fence.lua).
+_GENERATION_RE = re.compile(r"0|[1-9][0-9]{0,14}")
+
+# Redis error replies meaning "not usable right now" rather than "bad request".
+_UNAVAILABLE_REPLIES = ("LOADING", "READONLY", "MASTERDOWN", "BUSY", "NOAUTH", "TRYAGAIN")
+
+
+class _Factory(txredisapi.RedisFactory):
+    """Tells the store whenever a connection joins or leaves the pool, so that
+    it can log the transitions as they happen."""
+
+    # hiredis parses replies in C; txredisapi picks HiredisProtocol by itself
+    # when hiredis imports, this makes the choice explicit and fails loudly
+    # if hiredis is missing instead of silently using the pure-Python parser.
+    protocol = txredisapi.HiredisProtocol
+
+    def __init__(self, store, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._store = store
+
+    def addConnection(self, conn):
+        super().addConnection(conn)
+        self._store._pool_changed()
+
+    def delConnection(self, conn):
+        super().delConnection(conn)
+        self._store._pool_changed()
+
+
+def _check_generation(generation):
+    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 1:
+        raise ValueError(f"generation must be a positive int, not {generation!r}")
+    if not _GENERATION_RE.fullmatch(str(generation)):
+        raise ValueError(f"generation {generation} is out of range")
+    return str(generation)
+
+
+def _field_args(fields, reserved):
+    args = []
+    for name, value in fields.items():
+        if name in reserved:
+            raise ValueError(f"state field {name!r} is written by the store")
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise TypeError(f"state field {name!r} must be str or int, not {value!r}")
+        args += [name, str(value)]
+    return args
+
+
+def _assignment_json(assignment):
+    if set(assignment) != ASSIGNMENT_FIELDS:
+        raise ValueError(f"assignment fields must be exactly {sorted(ASSIGNMENT_FIELDS)}")
+    return json.dumps(assignment, separators=(",", ":"))
+
+
+@implementer(IFencedStore)
+class RedisFencedStore(Service):
+    """The meeting keys in the fleet's Redis.
+
+    A lazy txredisapi pool that reconnects by itself; while no connection is
+    up, every operation fails at once with StoreUnavailable (txredisapi would
+    queue it until a connection appears, however long that takes), and every
+    operation is bounded by ``reply_timeout`` as a whole.
+    """
+
+    log = Logger()
+
+    def __init__(self, target, reactor, reply_timeout=5.0, pool_size=4, connect_timeout=5.0):
+        self._target = target
+        self._reactor = reactor
+        self._reply_timeout = reply_timeout
+        self._pool_size = pool_size
+        self._connect_timeout = connect_timeout
+        self._factory = None
+        self._was_connected = False
+
+    def __repr__(self):
+        return f"<RedisFencedStore {self._target} connected={self.connected}>"
+
+    @property
+    def connected(self):
+        return self._factory is not None and any(c.connected for c in self._factory.pool)
+
+    def startService(self):
+        super().startService()
+        t = self._target
+        password = t.password.reveal() if t.password is not None else None
+        self._factory = _Factory(
+            self, f"{t.host}:{t.port}", t.db, self._pool_size, isLazy=True,
+            password=password, replyTimeout=self._reply_timeout,
+            # Raw strings back: a generation is parsed here, never guessed.
+            convertNumbers=False, username=t.username,
+        )
+        self._factory.reconnect = True
+        # Set up (AUTH, SELECT) refused: txredisapi stops reconnecting for good.
+        self._factory.deferred.addErrback(self._setup_refused)
+        self._factory.startConnecting(self._endpoint())
+        self.log.info("Redis store connecting to {target}", target=str(t))
+
+    def _endpoint(self):
+        # Built here rather than by txredisapi: its endpoint ignores the reactor
+        # we are given and its TLS does not verify the server's certificate.
+        t = self._target
+        endpoint = HostnameEndpoint(self._reactor, t.host, t.port, timeout=self._connect_timeout)
+        if t.tls:
+            endpoint = wrapClientTLS(optionsForClientTLS(t.host), endpoint)
+        return endpoint
+
+    def _setup_refused(self, failure):
+        self.log.error(
+            "Redis {target} refused the connection setup, no longer reconnecting: {why}",
+            target=str(self._target), why=failure.getErrorMessage(),
+        )
+
+    def stopService(self):
+        super().stopService()
+        factory, self._factory = self._factory, None
+        if factory is None:
+            return defer.succeed(None)
+        return factory.disconnect()
+
+    def _pool_changed(self):
+        now = self.connected
+        if now and not self._was_connected:
+            self.log.info("Redis {target} connected", target=str(self._target))
+        elif not now and self._was_connected and self.running:
+            self.log.warn("Redis {target} connection lost; reconnecting",
+                          target=str(self._target))
+        self._was_connected = now
+
+    # The operations
+
+    def ping(self):
+        return self._call(lambda redis: redis.ping())
+
+    def claim(self, meeting_id):
+        return self._eval(scripts.CLAIM, meeting_id, None, [generation_key(meeting_id)], [])
+
+    def claim_and_write(self, meeting_id, mc_id, assignment, state):
+        args = [_assignment_json(assignment), "mc_id", mc_id]
+        args += _field_args(state, ("mc_id", "generation"))
+        keys = [generation_key(meeting_id), mh_key(meeting_id), state_key(meeting_id)]
+        return self._eval(scripts.CLAIM_AND_WRITE, meeting_id, None, keys, args)
+
+    def write_assignment(self, meeting_id, generation, assignment):
+        args = [_check_generation(generation), _assignment_json(assignment)]
+        keys = [generation_key(meeting_id), mh_key(meeting_id)]
+        return self._eval(scripts.WRITE_ASSIGNMENT, meeting_id, generation, keys, args)
+
+    def write_state(self, meeting_id, generation, fields):
+        args = [_check_generation(generation), *_field_args(fields, ("generation",))]
+        keys = [generation_key(meeting_id), state_key(meeting_id)]
+        return self._eval(scripts.WRITE_STATE, meeting_id, generation, keys, args)
+
+    def delete(self, meeting_id, generation):
+        args = [_check_generation(generation)]
+        keys = [generation_key(meeting_id), mh_key(meeting_id), state_key(meeting_id)]
+        return self._eval(scripts.DELETE, meeting_id, generation, keys, args)
+
+    def read_generation(self, meeting_id):
+        def parse(value):
+            if value is None:
+                return None
+            if not _GENERATION_RE.fullmatch(value):
+                raise CorruptGeneration(meeting_id)
+            return int(value)
+
+        d = self._call(lambda redis: redis.get(generation_key(meeting_id)))
+        return d.addCallback(parse)
+
+    def read_assignment(self, meeting_id):
+        def parse(value):
+            if value is None:
+                return None
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise StoreError(f"meeting {meeting_id}: stored assignment is not JSON") from None
+
+        d = self._call(lambda redis: redis.get(mh_key(meeting_id)))
+        return d.addCallback(parse)
+
+    # The plumbing
+
+    def _call(self, operation):
+        """Run ``operation(handler)`` if connected, bounded by the reply timeout,
+        with connection failures turned into StoreUnavailable."""
+        if not self.connected:
+            return defer.fail(StoreUnavailable(f"Redis {self._target} is not connected"))
+        d = defer.maybeDeferred(operation, self._factory.handler)
+        d.addTimeout(self._reply_timeout, self._reactor)
+        return d.addErrback(self._unavailable)
+
+    def _unavailable(self, failure):
+        if failure.check(txredisapi.ConnectionError, defer.TimeoutError, defer.CancelledError):
+            why = failure.getErrorMessage() or type(failure.value).__name__
+            raise StoreUnavailable(f"Redis {self._target}: {why}") from None
+        if failure.check(txredisapi.ResponseError):
+            reply = str(failure.value)
+            error = StoreUnavailable if reply.startswith(_UNAVAILABLE_REPLIES) else StoreError
+            raise error(f"Redis {self._target}: {reply}") from None
+        return failure
+
+    def _eval(self, script, meeting_id, generation, keys, args):
+        def run(redis):
+            d = redis.evalsha(script.sha, keys, args)
+            d.addErrback(reload, redis)
+            return d
+
+        def reload(failure, redis):
+            # Redis forgets scripts on restart and SCRIPT FLUSH: load, retry once.
+            failure.trap(txredisapi.ScriptDoesNotExist)
+            self.log.info("Redis lost script {script}; loading it again", script=script.name)
+            d = redis.script_load(script.source)
+            return d.addCallback(lambda _: redis.evalsha(script.sha, keys, args))
+
+        d = self._call(run)
+        return d.addCallback(self._verdict, meeting_id, generation)
+
+    @staticmethod
+    def _verdict(reply, meeting_id, generation):
+        status = reply[0]
+        if status == scripts.OK:
+            return int(reply[1])
+        if status == scripts.FENCED:
+            raise FencedOut(meeting_id, generation, int(reply[1]))
+        if status == scripts.CORRUPT:
+            raise CorruptGeneration(meeting_id)
+        raise StoreError(f"meeting {meeting_id}: unexpected script reply {reply!r}")

@@ -1,0 +1,476 @@
+"""FakeGc: a real grpcio GlobalControllerService on localhost, for tests and the demo.
+
+It enforces the wire contract's auth and validation rules the way the deployed
+GC does, records every request it answers, and can be scripted (rejections,
+NOT_FOUND, UNAVAILABLE, delays, restarts) from any thread. It also plays the
+GC's client side (``assign_meeting``) against an MC.
+
+    python -m mc.testing.fakegc --listen 127.0.0.1:50051 --token-file F
+
+runs one in the foreground, printing one JSON line per request to stdout.
+"""
+
+import argparse
+import hmac
+import json
+import re
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import json_format
+
+from mc.proto import gc_mc_pb2, gc_mc_pb2_grpc
+
+# The contract's rules, written out here rather than imported from mc.config
+# so that the fake checks the MC instead of agreeing with it.
+ID_RE = re.compile(r"[A-Za-z0-9_-]{1,255}")
+MAX_REGION_CHARS = 50
+MAX_URL_CHARS = 255
+MAX_UINT31 = 2**31 - 1
+MAX_TOKEN_BYTES = 8192
+BEARER = "Bearer "
+DEFAULT_FAST_MS = 10000
+DEFAULT_COMPREHENSIVE_MS = 30000
+
+REGISTER = "RegisterMC"
+FAST = "FastHeartbeat"
+COMPREHENSIVE = "ComprehensiveHeartbeat"
+NOTIFY_ENDED = "NotifyMeetingEnded"
+HEARTBEAT_METHODS = {"fast": FAST, "comprehensive": COMPREHENSIVE}
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One request the fake answered; ``status`` is ``"OK"`` or a StatusCode name."""
+
+    method: str
+    request: object
+    metadata: dict = field(repr=False)
+    monotonic: float
+    wall: float
+    status: str
+    details: str = ""
+
+    def __repr__(self):
+        # The metadata holds the bearer token, so it is left out.
+        return (
+            f"Recorded({self.method}, status={self.status}, "
+            f"request={json_format.MessageToDict(self.request, preserving_proto_field_name=True)})"
+        )
+
+
+class _Reject(Exception):
+    """Ends a request with a gRPC status."""
+
+    def __init__(self, code, details):
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+def _check_id(name, value):
+    if not ID_RE.fullmatch(value):
+        raise _Reject(grpc.StatusCode.INVALID_ARGUMENT,
+                      f"{name}: 1-255 letters, digits, '-' or '_'")
+
+
+def _check_region(value):
+    if not value or len(value) > MAX_REGION_CHARS:
+        raise _Reject(grpc.StatusCode.INVALID_ARGUMENT,
+                      f"region: 1-{MAX_REGION_CHARS} characters")
+
+
+def _check_url(name, value):
+    if (not value or len(value) > MAX_URL_CHARS
+            or not value.startswith(("http://", "https://"))):
+        raise _Reject(grpc.StatusCode.INVALID_ARGUMENT,
+                      f"{name}: an http:// or https:// URL of at most {MAX_URL_CHARS} characters")
+
+
+def _check_count(name, value):
+    if not 0 < value <= MAX_UINT31:
+        raise _Reject(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: 1-{MAX_UINT31}")
+
+
+def _status_code(code):
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode[code]
+
+
+class _Servicer(gc_mc_pb2_grpc.GlobalControllerServiceServicer):
+    """One server generation's servicer; ``stopping`` cuts its delays short."""
+
+    def __init__(self, fake, stopping):
+        self._fake = fake
+        self._stopping = stopping
+
+    def RegisterMC(self, request, context):
+        return self._fake._thd_answer(REGISTER, request, context, self._stopping)
+
+    def FastHeartbeat(self, request, context):
+        return self._fake._thd_answer(FAST, request, context, self._stopping)
+
+    def ComprehensiveHeartbeat(self, request, context):
+        return self._fake._thd_answer(COMPREHENSIVE, request, context, self._stopping)
+
+    def NotifyMeetingEnded(self, request, context):
+        return self._fake._thd_answer(NOTIFY_ENDED, request, context, self._stopping)
+
+
+class FakeGc:
+    """A scriptable GC on ``host:port`` (port 0 picks one, kept across restarts).
+
+    ``tokens``: the bearer tokens it accepts (a str or an iterable of str).
+    ``tls``: ``(cert_pem, key_pem)`` bytes to serve TLS (then ``url`` is https://).
+    ``on_request``: called with each ``Recorded`` from a grpc thread.
+    """
+
+    def __init__(self, tokens, host="127.0.0.1", port=0, tls=None, max_workers=16,
+                 on_request=None):
+        tokens = (tokens,) if isinstance(tokens, str) else tuple(tokens)
+        self._tokens = tuple(t.encode() for t in tokens)
+        self.host = host
+        self.port = port
+        self._tls = tls
+        self._max_workers = max_workers
+        self._on_request = on_request
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._records = []
+        self._registered = {}
+        self._reject_message = None
+        self._heartbeat_failures = []
+        self._unavailable = False
+        self._delay = 0.0
+        self._intervals = (DEFAULT_FAST_MS, DEFAULT_COMPREHENSIVE_MS)
+        self._server = None
+        self._executor = None
+        self._stopping = None
+
+    def __repr__(self):
+        return f"<FakeGc {self.url} running={self._server is not None}>"
+
+    @property
+    def url(self):
+        scheme = "https" if self._tls else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def target(self):
+        """``host:port`` for grpc channels."""
+        return f"{self.host}:{self.port}"
+
+    # -- lifecycle -------------------------------------------------------
+
+    def start(self):
+        """Serve on a new grpc server; after ``stop`` this is a GC restart on
+        the same port (registrations are kept unless ``forget_all`` is called)."""
+        with self._lock:
+            if self._server is not None:
+                raise RuntimeError("FakeGc is already running")
+            stopping = threading.Event()
+            executor = ThreadPoolExecutor(self._max_workers, thread_name_prefix="fakegc")
+            # No SO_REUSEPORT: a second server on the same port must fail, not share it.
+            server = grpc.server(executor, options=(("grpc.so_reuseport", 0),))
+            gc_mc_pb2_grpc.add_GlobalControllerServiceServicer_to_server(
+                _Servicer(self, stopping), server)
+            address = f"{self.host}:{self.port}"
+            try:
+                if self._tls:
+                    cert, key = self._tls
+                    creds = grpc.ssl_server_credentials([(key, cert)])
+                    port = server.add_secure_port(address, creds)
+                else:
+                    port = server.add_insecure_port(address)
+            except RuntimeError:
+                port = 0
+            if not port:
+                executor.shutdown(wait=False)
+                raise OSError(f"FakeGc cannot listen on {address}")
+            server.start()
+            self.port = port
+            self._server, self._executor, self._stopping = server, executor, stopping
+        return self
+
+    def stop(self, grace=None):
+        """Stop serving; in-flight calls get ``grace`` seconds (None: none) and
+        delayed answers are cut short, so this returns promptly."""
+        with self._lock:
+            server, executor, stopping = self._server, self._executor, self._stopping
+            self._server = self._executor = self._stopping = None
+        if server is None:
+            return
+        stopping.set()
+        server.stop(grace).wait((grace or 0) + 5)
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # -- scripting -------------------------------------------------------
+
+    def reject_registrations(self, message="rejected by FakeGc"):
+        """Answer RegisterMC with accepted=false and ``message`` from now on."""
+        with self._lock:
+            self._reject_message = message
+
+    def accept_registrations(self):
+        with self._lock:
+            self._reject_message = None
+
+    def fail_heartbeats(self, n, code=grpc.StatusCode.NOT_FOUND):
+        """Answer the next ``n`` valid heartbeats with ``code`` (a StatusCode or its name)."""
+        with self._lock:
+            self._heartbeat_failures.extend([_status_code(code)] * n)
+
+    def forget(self, mc_id):
+        """Drop one registration, as a cleanup of stale MCs would."""
+        with self._lock:
+            self._registered.pop(mc_id, None)
+
+    def forget_all(self):
+        """Drop every registration, as a GC restart would."""
+        with self._lock:
+            self._registered.clear()
+
+    def set_unavailable(self, unavailable):
+        """Answer every call with UNAVAILABLE while True."""
+        with self._lock:
+            self._unavailable = bool(unavailable)
+
+    def set_delay(self, seconds):
+        """Hold every answer back ``seconds``."""
+        with self._lock:
+            self._delay = float(seconds)
+
+    def set_intervals(self, fast_ms, comprehensive_ms):
+        """Heartbeat intervals returned by later registrations."""
+        with self._lock:
+            self._intervals = (int(fast_ms), int(comprehensive_ms))
+
+    # -- observing -------------------------------------------------------
+
+    def registered(self):
+        """The last accepted RegisterMCRequest per MC id the fake knows."""
+        with self._lock:
+            return dict(self._registered)
+
+    def requests(self, method=None):
+        """Every request answered so far, oldest first, optionally of one method."""
+        with self._lock:
+            return [r for r in self._records if method is None or r.method == method]
+
+    def registrations(self):
+        return self.requests(REGISTER)
+
+    def heartbeats(self, kind=None):
+        """Heartbeats of ``kind`` ``"fast"`` or ``"comprehensive"`` (None: both)."""
+        methods = set(HEARTBEAT_METHODS.values()) if kind is None else {HEARTBEAT_METHODS[kind]}
+        with self._lock:
+            return [r for r in self._records if r.method in methods]
+
+    def meeting_ends(self):
+        return self.requests(NOTIFY_ENDED)
+
+    def clear(self):
+        """Forget the recorded requests (not the registrations)."""
+        with self._lock:
+            self._records.clear()
+
+    def wait_for(self, predicate, timeout=10.0):
+        """Return ``predicate()``'s first truthy value, re-checking on every new
+        request and at least every 50 ms; raise TimeoutError after ``timeout``.
+        Blocks the calling thread: call it from a test thread, not the reactor."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                seen = len(self._records)
+            result = predicate()
+            if result:
+                return result
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"FakeGc: condition not met within {timeout:g}s")
+            with self._changed:
+                if len(self._records) == seen:
+                    self._changed.wait(min(remaining, 0.05))
+
+    # -- serving (grpc threads) --------------------------------------------
+
+    def _thd_authorized(self, metadata):
+        value = metadata.get("authorization")
+        if not isinstance(value, str) or not value.startswith(BEARER):
+            return False
+        token = value[len(BEARER):].encode()
+        if not token or len(token) > MAX_TOKEN_BYTES:
+            return False
+        ok = False
+        for t in self._tokens:
+            ok |= hmac.compare_digest(token, t)
+        return ok
+
+    def _thd_decide(self, method, request, metadata):
+        """The answer the GC would give; raises _Reject for an error status.
+        Called with the lock held."""
+        if self._unavailable:
+            raise _Reject(grpc.StatusCode.UNAVAILABLE, "FakeGc is unavailable")
+        if not self._thd_authorized(metadata):
+            raise _Reject(grpc.StatusCode.UNAUTHENTICATED, "invalid or missing bearer token")
+        if method == REGISTER:
+            _check_id("id", request.id)
+            _check_region(request.region)
+            _check_url("grpc_endpoint", request.grpc_endpoint)
+            if request.webtransport_endpoint:
+                _check_url("webtransport_endpoint", request.webtransport_endpoint)
+            _check_count("max_meetings", request.max_meetings)
+            _check_count("max_participants", request.max_participants)
+            if self._reject_message is not None:
+                return gc_mc_pb2.RegisterMCResponse(accepted=False, message=self._reject_message)
+            self._registered[request.id] = request
+            fast_ms, comprehensive_ms = self._intervals
+            return gc_mc_pb2.RegisterMCResponse(
+                accepted=True, message="registered", fast_heartbeat_interval_ms=fast_ms,
+                comprehensive_heartbeat_interval_ms=comprehensive_ms)
+        if method in (FAST, COMPREHENSIVE):
+            _check_id("controller_id", request.controller_id)
+            if not request.HasField("capacity"):
+                raise _Reject(grpc.StatusCode.INVALID_ARGUMENT, "capacity is required")
+            if self._heartbeat_failures:
+                raise _Reject(self._heartbeat_failures.pop(0), "scripted by FakeGc")
+            if request.controller_id not in self._registered:
+                raise _Reject(grpc.StatusCode.NOT_FOUND, "controller not registered")
+            return gc_mc_pb2.HeartbeatResponse(acknowledged=True, timestamp=int(time.time()))
+        _check_id("meeting_id", request.meeting_id)
+        _check_region(request.region)
+        return gc_mc_pb2.NotifyMeetingEndedResponse(acknowledged=True)
+
+    def _thd_answer(self, method, request, context, stopping):
+        arrived_monotonic, arrived_wall = time.monotonic(), time.time()
+        metadata = dict(context.invocation_metadata())
+        with self._lock:
+            try:
+                response, reject = self._thd_decide(method, request, metadata), None
+            except _Reject as e:
+                response, reject = None, e
+            record = Recorded(
+                method, request, metadata, arrived_monotonic, arrived_wall,
+                reject.code.name if reject else "OK", reject.details if reject else "")
+            self._records.append(record)
+            self._changed.notify_all()
+            delay = self._delay
+        if self._on_request is not None:
+            self._on_request(record)
+        if delay:
+            stopping.wait(delay)
+        if reject is not None:
+            context.abort(reject.code, reject.details)
+        return response
+
+
+def _role(value):
+    return gc_mc_pb2.MhRole.Value(value) if isinstance(value, str) else int(value)
+
+
+def assign_meeting(mc_target, meeting_id, mh_assignments, token, gc_id="fake-gc", timeout=10,
+                   authorization=None, root_certificates=None):
+    """Call AssignMeetingWithMh on an MC as the GC would; blocking.
+
+    ``mc_target``: ``host:port`` or an http(s):// URL (https uses
+    ``root_certificates``, default the system roots). ``mh_assignments``:
+    ``(mh_id, endpoint, role)`` tuples or dicts of MhAssignment fields; a role
+    is an MhRole number or name. ``authorization`` overrides the raw header
+    value (to send a malformed one); with ``token=None`` and no override no
+    header is sent. Returns the response or raises ``grpc.RpcError``.
+    """
+    assignments = []
+    for a in mh_assignments:
+        if isinstance(a, dict):
+            a = dict(a)
+            if "role" in a:
+                a["role"] = _role(a["role"])
+            assignments.append(gc_mc_pb2.MhAssignment(**a))
+        else:
+            mh_id, endpoint, role = a
+            assignments.append(gc_mc_pb2.MhAssignment(
+                mh_id=mh_id, webtransport_endpoint=endpoint, role=_role(role)))
+    request = gc_mc_pb2.AssignMeetingWithMhRequest(
+        meeting_id=meeting_id, mh_assignments=assignments, requesting_gc_id=gc_id)
+    if authorization is None and token is not None:
+        authorization = BEARER + token
+    metadata = (("authorization", authorization),) if authorization is not None else ()
+
+    secure = mc_target.startswith("https://")
+    target = mc_target.split("://", 1)[1].rstrip("/") if "://" in mc_target else mc_target
+    if secure:
+        creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        channel = grpc.secure_channel(target, creds)
+    else:
+        channel = grpc.insecure_channel(target)
+    with channel:
+        stub = gc_mc_pb2_grpc.MeetingControllerServiceStub(channel)
+        return stub.AssignMeetingWithMh(request, timeout=timeout, metadata=metadata)
+
+
+def _record_json(record):
+    return json.dumps({
+        "method": record.method,
+        "fields": json_format.MessageToDict(
+            record.request, preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True),
+        "status": record.status,
+    }, sort_keys=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m mc.testing.fakegc", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--listen", default="127.0.0.1:50051", help="host:port (port 0: any)")
+    parser.add_argument("--token-file", required=True,
+                        help="file of accepted bearer tokens, separated by whitespace or commas")
+    parser.add_argument("--tls-cert", help="PEM certificate; with --tls-key serves TLS")
+    parser.add_argument("--tls-key", help="PEM private key")
+    parser.add_argument("--fast-ms", type=int, default=DEFAULT_FAST_MS)
+    parser.add_argument("--comprehensive-ms", type=int, default=DEFAULT_COMPREHENSIVE_MS)
+    args = parser.parse_args(argv)
+
+    host, _, port = args.listen.rpartition(":")
+    with open(args.token_file, encoding="utf-8") as f:
+        tokens = [t for t in re.split(r"[,\s]+", f.read()) if t]
+    if not tokens:
+        parser.error("--token-file holds no token")
+    tls = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            parser.error("--tls-cert and --tls-key go together")
+        with open(args.tls_cert, "rb") as c, open(args.tls_key, "rb") as k:
+            tls = (c.read(), k.read())
+
+    out_lock = threading.Lock()
+
+    def thd_print(record):
+        line = _record_json(record)
+        with out_lock:
+            print(line, flush=True)
+
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    fake = FakeGc(tokens, host=host.strip("[]"), port=int(port), tls=tls, on_request=thd_print)
+    fake.set_intervals(args.fast_ms, args.comprehensive_ms)
+    fake.start()
+    print(f"FakeGc listening on {fake.url}", file=sys.stderr, flush=True)
+    while not done.wait(0.5):
+        pass
+    fake.stop(grace=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
