@@ -271,6 +271,7 @@ SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 SERVICE_TOKEN = ("MC_SERVICE_TOKEN", "MC_SERVICE_TOKEN_FILE", "service-token-file")
 GC_TOKENS = ("MC_GC_TOKENS", "MC_GC_TOKENS_FILE", "gc-tokens-file")
 INSECURE_NO_AUTH_FLAG = "insecure-no-auth"
+INSECURE_NO_AUTH_ENV = "MC_INSECURE_NO_AUTH"
 
 
 @dataclass(frozen=True)
@@ -382,7 +383,8 @@ def load(flags=None, environ=None):
         raise ConfigError(option, "is required: the bearer token the MC sends to the GC")
     values["service_token"] = parse_token(option, raw)
 
-    insecure = bool(flags.get(INSECURE_NO_AUTH_FLAG))
+    insecure = bool(flags.get(INSECURE_NO_AUTH_FLAG)) or (
+        environ.get(INSECURE_NO_AUTH_ENV, "").lower() in ("1", "true", "yes"))
     option, raw = _secret_source(flags, environ, GC_TOKENS)
     if raw is None:
         if not insecure:
