@@ -3,17 +3,17 @@ from setuptools import setup
 setup(
     name="mc",
     version="0.1.0",
-    description="Meeting Controller: a twistd daemon hosting meetings assigned by the Global Controller",
+    description="Meeting Controller: hosts the meetings a Global Controller assigns",
     python_requires=">=3.10",
     packages=["mc", "mc.proto", "mc.testing", "twisted.plugins"],
-    package_data={"mc": ["lua/*.lua"], "mc.proto": ["*.proto"]},
+    package_data={"mc": ["lua/*.lua"]},
     include_package_data=True,
     install_requires=[
         "twisted[tls]>=24.3",
         "txredisapi>=1.4.10",
         # Generated modules check grpcio >= the generator's version.
         "grpcio>=1.85.1,<2",
-        "protobuf>=6.31,<8",
+        "protobuf>=7.35.1,<8",
         "psutil>=5.9",
         "zope.interface>=6",
         # The /metrics exposition format, without reimplementing it.

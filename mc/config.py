@@ -15,12 +15,12 @@ from urllib.parse import urlsplit
 
 from mc.errors import ConfigError
 
-ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+ID_RE = re.compile(r"[A-Za-z0-9_-]{1,255}")
 MAX_REGION_LEN = 50
 MAX_URL_LEN = 255
 MAX_UINT31 = 2**31 - 1
 MAX_TOKEN_BYTES = 8192
-TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")
+TOKEN_RE = re.compile(r"[\x21-\x7e]+")
 
 
 class Secret:
@@ -92,7 +92,7 @@ def default_mc_id():
 
 
 def parse_id(option, value):
-    if not ID_RE.match(value):
+    if not ID_RE.fullmatch(value):
         raise ConfigError(
             option,
             f"{value!r} is not a valid id (1-255 letters, digits, '-' or '_')",
@@ -204,7 +204,7 @@ def parse_token(option, value):
         raise ConfigError(option, "is empty")
     if len(value.encode()) > MAX_TOKEN_BYTES:
         raise ConfigError(option, f"is longer than {MAX_TOKEN_BYTES} bytes")
-    if not TOKEN_RE.match(value):
+    if not TOKEN_RE.fullmatch(value):
         raise ConfigError(option, "must be printable ASCII without spaces")
     return Secret(value)
 

@@ -30,7 +30,7 @@ def test_defaults():
     assert c.service_token.reveal() == "s3cret-service"
     assert [t.reveal() for t in c.gc_tokens] == ["gc-one", "gc-two"]
     assert re.fullmatch(r"mc-[A-Za-z0-9_-]+-[0-9a-f]{8}", c.mc_id)
-    assert mcconfig.ID_RE.match(c.mc_id)
+    assert mcconfig.ID_RE.fullmatch(c.mc_id)
     assert c.grpc_advertise.startswith("http://") and c.grpc_advertise.endswith(":50052")
     assert "0.0.0.0" not in c.grpc_advertise and "localhost" not in c.grpc_advertise
     assert c.webtransport_advertise.startswith("https://")
@@ -40,7 +40,7 @@ def test_defaults():
 def test_default_mc_id_is_valid_even_for_dotted_hostnames(monkeypatch):
     monkeypatch.setattr(mcconfig.socket, "gethostname", lambda: "node-7.eu.example.com")
     mc_id = mcconfig.default_mc_id()
-    assert mc_id.startswith("mc-node-7-") and mcconfig.ID_RE.match(mc_id)
+    assert mc_id.startswith("mc-node-7-") and mcconfig.ID_RE.fullmatch(mc_id)
 
 
 def test_environment_and_flag_precedence():

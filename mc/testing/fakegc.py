@@ -43,6 +43,16 @@ COMPREHENSIVE = "ComprehensiveHeartbeat"
 NOTIFY_ENDED = "NotifyMeetingEnded"
 HEARTBEAT_METHODS = {"fast": FAST, "comprehensive": COMPREHENSIVE}
 
+SERVER_OPTIONS = (
+    # No SO_REUSEPORT: a second server on the same port must fail, not share it.
+    ("grpc.so_reuseport", 0),
+    # grpc's default metadata limit is a soft 8 KiB past which calls are randomly
+    # refused with RESOURCE_EXHAUSTED; a legal 8192-byte token plus the other
+    # headers exceeds it, so raise both limits well above the contract's maximum.
+    ("grpc.max_metadata_size", 64 * 1024),
+    ("grpc.absolute_max_metadata_size", 64 * 1024),
+)
+
 
 @dataclass(frozen=True)
 class Recorded:
@@ -174,8 +184,7 @@ class FakeGc:
                 raise RuntimeError("FakeGc is already running")
             stopping = threading.Event()
             executor = ThreadPoolExecutor(self._max_workers, thread_name_prefix="fakegc")
-            # No SO_REUSEPORT: a second server on the same port must fail, not share it.
-            server = grpc.server(executor, options=(("grpc.so_reuseport", 0),))
+            server = grpc.server(executor, options=SERVER_OPTIONS)
             gc_mc_pb2_grpc.add_GlobalControllerServiceServicer_to_server(
                 _Servicer(self, stopping), server)
             address = f"{self.host}:{self.port}"

@@ -136,6 +136,13 @@ class RedisProcess:
         self._proc = None
         self._close_log()
 
+    def pause(self):
+        """SIGSTOP: the server keeps its connections open but answers nothing."""
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self):
+        self._proc.send_signal(signal.SIGCONT)
+
     def cleanup(self):
         """Stop and remove the temporary directory, if this object made it."""
         self.stop()

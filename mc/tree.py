@@ -1,0 +1,59 @@
+"""The MC's service tree, wired from a Config: the one place that knows which
+part needs which, and the order they start in (stop is the reverse)."""
+
+from twisted.logger import Logger
+
+from mc.assignment import AssignmentService
+from mc.auth import AllowAll, TokenCheck
+from mc.gcclient import GrpcGcClient
+from mc.grpcserver import GrpcServerService
+from mc.health import Health, HealthMonitor
+from mc.liaison import GcLiaison
+from mc.meetings import MeetingRegistry
+from mc.metrics import Metrics
+from mc.probe import SystemProbe
+from mc.service import OrderedMultiService
+from mc.store import RedisFencedStore
+
+log = Logger(namespace="mc.tree")
+
+
+class MeetingController(OrderedMultiService):
+    """The root service; its attributes are the tree's shared parts, for the
+    operations layer and for tests."""
+
+    def __init__(self, config, reactor):
+        super().__init__()
+        self.setName("mc")
+        self.config = config
+        self.reactor = reactor
+
+    def startService(self):
+        self.log.info("starting MC {mc_id} with {settings}", mc_id=self.config.mc_id,
+                      settings=self.config.describe())
+        if self.config.insecure_no_auth:
+            self.log.warn("--insecure-no-auth: AssignMeetingWithMh accepts calls without a "
+                          "token; never run a production MC like this")
+        super().startService()
+
+
+def build_tree(config, reactor):
+    root = MeetingController(config, reactor)
+    root.metrics = metrics = Metrics()
+    root.store = store = RedisFencedStore(config.redis, reactor)
+    store.setName("redis-store")
+    root.registry = registry = MeetingRegistry(
+        config.max_meetings, config.max_participants, config.participant_estimate, reactor)
+    root.health = health = Health(lambda: store.connected, config.lag_threshold)
+    root.monitor = HealthMonitor(health, SystemProbe(), reactor, on_lag=metrics.observe_lag)
+    root.gc_client = gc_client = GrpcGcClient(config, reactor)
+    root.liaison = liaison = GcLiaison(config, gc_client, registry, health, reactor, metrics)
+    root.assignment = assignment = AssignmentService(
+        config, store, registry, health, gc_client, reactor, metrics,
+        ownership_interval=lambda: liaison.comprehensive_interval)
+    token_check = AllowAll() if config.insecure_no_auth else TokenCheck(config.gc_tokens)
+    root.grpc = GrpcServerService(config.grpc_listen, assignment, token_check, reactor)
+
+    for service in (store, root.monitor, assignment, root.grpc, liaison):
+        service.setServiceParent(root)
+    return root

@@ -1,0 +1,310 @@
+"""RedisFencedStore against a real redis-server."""
+
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+from twisted.logger import formatEvent, globalLogPublisher
+from zope.interface.verify import verifyObject
+
+from mc import scripts
+from mc.config import parse_redis_url
+from mc.errors import CorruptGeneration, FencedOut, StoreError, StoreUnavailable
+from mc.interfaces import IFencedStore
+from mc.keys import generation_key, mh_key, state_key
+from mc.store import RedisFencedStore
+from mc.testing.redisproc import RedisProcess
+from tests.helpers import wait_until
+
+M = "meeting-1"
+ASSIGNMENT = {
+    "primary_mh_id": "mh-a",
+    "primary_endpoint": "https://mh-a.example:4433",
+    "backup_mh_id": None,
+    "backup_endpoint": None,
+    "assigned_at": 1700000000,
+}
+OTHER = dict(ASSIGNMENT, primary_mh_id="mh-b", backup_mh_id="mh-c",
+             backup_endpoint="https://mh-c.example:4433")
+
+
+def snapshot(redis):
+    """Every key with its type and value, to prove that nothing changed."""
+    out = {}
+    for key in redis.command("KEYS", "*"):
+        kind = redis.command("TYPE", key)
+        out[key] = redis.hgetall(key) if kind == "hash" else redis.command("GET", key)
+    return out
+
+
+async def failure_of(d, *errors):
+    with pytest.raises(errors) as info:
+        await d
+    return info.value
+
+
+@pytest_twisted.ensureDeferred
+async def test_interface_and_scripts(redis, make_store):
+    store = await make_store()
+    verifyObject(IFencedStore, store)
+    for script in scripts.ALL:
+        assert redis.command("SCRIPT", "LOAD", script.source) == script.sha
+    assert await store.ping() == "PONG"
+
+
+@pytest_twisted.ensureDeferred
+async def test_first_write_on_unknown_meeting_sets_the_generation(redis, make_store):
+    store = await make_store()
+    assert await store.read_generation(M) is None
+    assert await store.read_assignment(M) is None
+    assert await store.write_assignment(M, 3, ASSIGNMENT) == 3
+    assert redis.command("GET", generation_key(M)) == "3"
+    assert await store.claim(M) == 4, "later claims continue above the writer's generation"
+
+
+@pytest_twisted.ensureDeferred
+async def test_retry_with_the_same_generation(redis, make_store):
+    store = await make_store()
+    assert await store.claim(M) == 1
+    assert await store.write_assignment(M, 1, ASSIGNMENT) == 1
+    assert await store.write_assignment(M, 1, OTHER) == 1
+    assert await store.write_state(M, 1, {"participants": 2}) == 1
+    assert await store.write_state(M, 1, {"participants": 3}) == 1
+    assert await store.read_assignment(M) == OTHER
+    assert redis.hgetall(state_key(M)) == {"participants": "3", "generation": "1"}
+    assert await store.read_generation(M) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_newer_generation_wins_and_stale_changes_nothing(redis, make_store):
+    store = await make_store()
+    assert await store.claim_and_write(M, "mc-old", ASSIGNMENT, {"n": 1}) == 1
+    assert await store.claim_and_write(M, "mc-new", OTHER, {"n": 2}) == 2
+    before = snapshot(redis)
+
+    for op in (
+        store.write_assignment(M, 1, ASSIGNMENT),
+        store.write_state(M, 1, {"n": 9}),
+        store.delete(M, 1),
+    ):
+        err = await failure_of(op, FencedOut)
+        assert (err.meeting_id, err.generation, err.stored_generation) == (M, 1, 2)
+    assert snapshot(redis) == before
+
+    assert await store.write_state(M, 2, {"n": 3}) == 2
+    assert redis.hgetall(state_key(M)) == {"mc_id": "mc-new", "n": "3", "generation": "2"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_fenced_delete_keeps_the_generation(redis, make_store):
+    store = await make_store()
+    await store.claim_and_write(M, "mc-1", ASSIGNMENT, {})
+    generation = await store.claim(M)
+    await failure_of(store.delete(M, generation - 1), FencedOut)
+    assert redis.command("EXISTS", mh_key(M), state_key(M)) == 2
+
+    assert await store.delete(M, generation) == generation
+    assert snapshot(redis) == {generation_key(M): str(generation)}
+    assert await store.read_assignment(M) is None
+    assert await store.claim(M) == generation + 1, "generations never go backwards"
+
+
+@pytest_twisted.ensureDeferred
+async def test_claim_and_write_writes_exactly_the_contract_layout(redis, make_store):
+    store = await make_store()
+    redis.command("HSET", state_key(M), "left_over", "x", "generation", "7")
+    redis.command("SET", generation_key(M), "7")
+
+    assert await store.claim_and_write(M, "mc-1", ASSIGNMENT, {"region": "eu", "n": 0}) == 8
+    assert sorted(redis.command("KEYS", "*")) == sorted(
+        ["meeting:meeting-1:generation", "meeting:meeting-1:mh", "meeting:meeting-1:state"]
+    )
+    assert redis.command("GET", "meeting:meeting-1:generation") == "8"
+    assert redis.command("GET", "meeting:meeting-1:mh") == (
+        '{"primary_mh_id":"mh-a","primary_endpoint":"https://mh-a.example:4433",'
+        '"backup_mh_id":null,"backup_endpoint":null,"assigned_at":1700000000}'
+    )
+    assert redis.hgetall("meeting:meeting-1:state") == {
+        "mc_id": "mc-1", "region": "eu", "n": "0", "generation": "8",
+    }, "a new owner's state replaces the previous owner's"
+    assert await store.read_assignment(M) == ASSIGNMENT
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_arguments_are_refused_before_redis(make_store):
+    store = await make_store()
+    with pytest.raises(ValueError):
+        store.write_assignment(M, 1, dict(ASSIGNMENT, extra=1))
+    with pytest.raises(ValueError):
+        store.write_state(M, 0, {})
+    with pytest.raises(ValueError):
+        store.write_state(M, 1, {"generation": 5})
+    with pytest.raises(ValueError):
+        store.claim_and_write(M, "mc-1", ASSIGNMENT, {"mc_id": "other"})
+    with pytest.raises(TypeError):
+        store.write_state(M, 1, {"flag": True})
+
+
+@pytest_twisted.ensureDeferred
+async def test_noscript_recovery(redis, make_store):
+    store = await make_store()
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        assert await store.claim(M) == 1
+        redis.command("SCRIPT", "FLUSH")
+        assert await store.claim(M) == 2
+        redis.command("SCRIPT", "FLUSH")
+        assert await store.claim_and_write(M, "mc-1", ASSIGNMENT, {}) == 3
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert sum("loading it again" in formatEvent(e) for e in events) == 2
+
+
+@pytest.mark.parametrize("stored", ["abc", "1.5", "-3", "007", "", " 1", "9" * 16])
+@pytest_twisted.ensureDeferred
+async def test_non_integer_generation_is_corrupt_and_left_alone(redis, make_store, stored):
+    store = await make_store()
+    redis.command("SET", generation_key(M), stored)
+    before = snapshot(redis)
+    for op in (
+        store.claim(M),
+        store.claim_and_write(M, "mc-1", ASSIGNMENT, {}),
+        store.write_assignment(M, 1, ASSIGNMENT),
+        store.write_state(M, 1, {"n": 1}),
+        store.delete(M, 1),
+        store.read_generation(M),
+    ):
+        err = await failure_of(op, CorruptGeneration)
+        assert err.meeting_id == M
+    assert snapshot(redis) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_generation_key_of_the_wrong_type_is_corrupt(redis, make_store):
+    store = await make_store()
+    redis.command("HSET", generation_key(M), "a", "b")
+    await failure_of(store.claim(M), CorruptGeneration)
+    await failure_of(store.write_state(M, 1, {}), CorruptGeneration)
+    await failure_of(store.read_generation(M), StoreError)
+
+
+@pytest_twisted.ensureDeferred
+async def test_not_started_store_is_unavailable(redis):
+    store = RedisFencedStore(parse_redis_url("REDIS_URL", redis.url), reactor)
+    assert not store.connected
+    await failure_of(store.claim(M), StoreUnavailable)
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_restart_fails_fast_then_reconnects(redis, make_store):
+    store = await make_store()
+    assert await store.claim(M) == 1
+
+    redis.stop()
+    await wait_until(lambda: not store.connected, timeout=5)
+    started = time.monotonic()
+    await failure_of(store.claim(M), StoreUnavailable)
+    await failure_of(store.read_assignment(M), StoreUnavailable)
+    await failure_of(store.ping(), StoreUnavailable)
+    assert time.monotonic() - started < 0.2
+
+    redis.start()
+    await wait_until(lambda: store.connected, timeout=20)
+    # no persistence: the restarted server is empty, and has no scripts either
+    assert await store.claim(M) == 1
+    assert await store.write_state(M, 1, {"n": 1}) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hung_redis_is_bounded_by_the_reply_timeout(redis, make_store):
+    store = await make_store(reply_timeout=0.3)
+    redis.pause()
+    try:
+        started = time.monotonic()
+        await failure_of(store.claim(M), StoreUnavailable)
+        assert time.monotonic() - started < 2
+    finally:
+        redis.resume()
+    await wait_until(lambda: store.connected, timeout=20)
+    # A timed-out command may still have run once Redis woke up: StoreUnavailable
+    # does not mean nothing changed, only that the outcome is unknown. Connections
+    # aborted by the timeout may still be in the pool for a moment, so retry.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            generation = await store.claim(M)
+            break
+        except StoreUnavailable:
+            assert time.monotonic() < deadline
+            await deferLater(reactor, 0.1, lambda: None)
+    assert generation in (1, 2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_claims_from_two_stores_hand_out_each_generation_once(
+    redis, make_store
+):
+    stores = [await make_store(), await make_store()]
+    claims = [store.claim(M) for _ in range(200) for store in stores]
+    generations = await defer.gatherResults(claims)
+    assert sorted(generations) == list(range(1, 401))
+    assert redis.command("GET", generation_key(M)) == "400"
+
+
+@pytest_twisted.ensureDeferred
+async def test_password_protected_redis_and_no_password_anywhere(make_store):
+    password = "pw-Secr3t-7f0c2a"
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    server = RedisProcess(password=password).start()
+    try:
+        store = await make_store(server.url)
+        assert await store.claim(M) == 1
+        assert await store.write_assignment(M, 1, ASSIGNMENT) == 1
+        assert password not in repr(store)
+        assert "<redacted>" in repr(store)
+
+        server.stop()
+        await wait_until(lambda: not store.connected, timeout=5)
+        err = await failure_of(store.claim(M), StoreUnavailable)
+        assert password not in str(err)
+
+        server.start()
+        await wait_until(lambda: store.connected, timeout=20)
+        assert await store.claim(M) == 1
+
+        wrong = await make_store_refused(server.url.replace(password, "not-" + password))
+        try:
+            err = await failure_of(wrong.claim(M), StoreUnavailable)
+            assert password not in str(err) + repr(wrong)
+        finally:
+            await wrong.stopService()
+        await store.stopService()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        server.cleanup()
+
+    text = "\n".join(formatEvent(e) + repr(e) for e in events)
+    assert "connected" in text and "refused the connection setup" in text
+    assert password not in text
+
+
+async def make_store_refused(url):
+    """A store given a wrong password: it logs the refusal and stays down."""
+    store = RedisFencedStore(parse_redis_url("REDIS_URL", url), reactor)
+    refused = []
+    observer = refused.append
+    globalLogPublisher.addObserver(observer)
+    try:
+        store.startService()
+        await wait_until(
+            lambda: any("refused the connection setup" in formatEvent(e) for e in refused),
+            timeout=10,
+        )
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert not store.connected
+    return store
