@@ -31,6 +31,8 @@ setup(
             # Must match the grpcio that the committed modules were generated for.
             "grpcio-tools==1.85.1",
             "ruff",
+            # Self-signed certificates for the TLS tests.
+            "cryptography",
         ],
         "bench": ["redis>=5", "pyinstrument"],
     },

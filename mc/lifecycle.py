@@ -1,0 +1,112 @@
+"""Operators' signals: SIGUSR2 toggles drain; SIGTERM/SIGINT drain and shut
+down gracefully, and a second one cuts the wait short.
+
+Twisted's own SIGTERM handler makes twistd exit by re-raising the signal
+(status 143); an operator asked to stop cleanly, so ours ends with status 0.
+Handlers only schedule work with ``reactor.callFromThread``.
+"""
+
+import signal as signal_module
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+
+class Lifecycle(Service):
+    name = "lifecycle"
+    log = Logger()
+
+    def __init__(self, config, reactor, health, registry, liaison, grpc, poll=0.1,
+                 signals=signal_module):
+        self._config = config
+        self._reactor = reactor
+        self._health = health
+        self._registry = registry
+        self._liaison = liaison
+        self._grpc = grpc
+        self._poll = poll
+        self._signals = signals
+        self.shutting_down = False
+        self._cut_short = None
+        self._previous = {}
+
+    def startService(self):
+        super().startService()
+        self._reactor.callWhenRunning(self._install)
+
+    def stopService(self):
+        for signum, handler in self._previous.items():
+            self._signals.signal(signum, handler)
+        self._previous.clear()
+        return super().stopService()
+
+    def _install(self):
+        if not self.running:
+            return
+        s = self._signals
+        handlers = {s.SIGTERM: self._on_stop_signal, s.SIGINT: self._on_stop_signal,
+                    s.SIGUSR2: self._on_drain_signal}
+        for signum, handler in handlers.items():
+            self._previous[signum] = s.signal(signum, handler)
+
+    def _on_stop_signal(self, signum, frame):
+        self._reactor.callFromThread(self.shutdown, signum)
+
+    def _on_drain_signal(self, signum, frame):
+        self._reactor.callFromThread(self.toggle_drain)
+
+    def toggle_drain(self):
+        if self.shutting_down:
+            return
+        draining = not self._health.draining
+        self.log.info("drain {state} by SIGUSR2", state="on" if draining else "off")
+        self._health.set_draining(draining)
+
+    def shutdown(self, signum=None):
+        """First call: drain and stop gracefully. A later call skips the rest
+        of the wait for hosted meetings."""
+        if self.shutting_down:
+            if self._cut_short is not None and not self._cut_short.called:
+                self.log.warn("second stop signal: not waiting for hosted meetings")
+                self._cut_short.callback(None)
+            return
+        self.shutting_down = True
+        d = self._graceful()
+        d.addErrback(lambda f: self.log.failure("graceful shutdown failed", f))
+        d.addBoth(lambda _: self._reactor.stop())
+
+    @defer.inlineCallbacks
+    def _graceful(self):
+        grace = self._config.shutdown_grace
+        self.log.info("shutting down: draining, then waiting up to {grace:g}s for "
+                      "{meetings} hosted meetings", grace=grace, meetings=len(self._registry))
+        self._health.set_draining(True)
+        yield self._liaison.send_draining_heartbeat()
+        if self._grpc.running:
+            yield self._grpc.stopService()
+        yield self._wait_for_meetings(grace)
+        left = [m.meeting_id for m in self._registry]
+        if left:
+            self.log.warn("stopping with {count} meetings still hosted; their keys stay in "
+                          "Redis for the next owner: {meeting_ids}", count=len(left),
+                          meeting_ids=left[:100])
+
+    def _wait_for_meetings(self, grace):
+        """Fires when no meeting is hosted, ``grace`` seconds pass, or a
+        second stop signal arrives, whichever is first."""
+        done = defer.Deferred()
+        self._cut_short = done
+        deadline = self._reactor.seconds() + grace
+
+        def check():
+            if done.called:
+                return
+            if not len(self._registry) or self._reactor.seconds() >= deadline:
+                done.callback(None)
+            else:
+                self._reactor.callLater(min(self._poll, deadline - self._reactor.seconds()),
+                                        check)
+
+        check()
+        return done

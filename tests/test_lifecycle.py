@@ -1,0 +1,136 @@
+"""Drain and graceful shutdown by signal, driven by a memory reactor and clock."""
+
+import signal
+from types import SimpleNamespace
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock
+
+from mc.health import DRAINING, HEALTHY, Health
+from mc.lifecycle import Lifecycle
+from mc.meetings import MeetingRegistry
+from tests.configs import make_config
+
+
+class Reactor(MemoryReactorClock):
+    def callFromThread(self, f, *args, **kw):
+        f(*args, **kw)
+
+
+class Signals:
+    SIGTERM, SIGINT, SIGUSR2 = signal.SIGTERM, signal.SIGINT, signal.SIGUSR2
+
+    def __init__(self):
+        self.handlers = {}
+
+    def signal(self, signum, handler):
+        previous = self.handlers.get(signum, signal.SIG_DFL)
+        self.handlers[signum] = handler
+        return previous
+
+    def send(self, signum):
+        self.handlers[signum](signum, None)
+
+
+class Liaison:
+    def __init__(self, health):
+        self.health = health
+        self.sent = []
+
+    def send_draining_heartbeat(self):
+        self.sent.append(self.health.status)
+        return defer.succeed(None)
+
+
+class Grpc(Service):
+    def __init__(self):
+        self.stopped = 0
+
+    def stopService(self):
+        self.stopped += 1
+        return super().stopService()
+
+
+def make(grace=10):
+    reactor = Reactor()
+    cfg = make_config(shutdown_grace=grace)
+    health = Health(lambda: True, 1.0)
+    registry = MeetingRegistry(10, 100, 1, reactor)
+    grpc = Grpc()
+    grpc.startService()
+    signals = Signals()
+    lc = Lifecycle(cfg, reactor, health, registry, Liaison(health), grpc, signals=signals)
+    lc.startService()
+    for hook in reactor.whenRunningHooks:
+        hook[0](*hook[1], **hook[2])
+    return SimpleNamespace(reactor=reactor, health=health, registry=registry, grpc=grpc,
+                           signals=signals, lc=lc, liaison=lc._liaison)
+
+
+def host(registry, meeting_id):
+    return registry.commit(registry.reserve(meeting_id), 1, [])
+
+
+def test_sigusr2_toggles_drain():
+    r = make()
+    r.signals.send(signal.SIGUSR2)
+    assert r.health.draining and r.health.status == DRAINING
+    r.signals.send(signal.SIGUSR2)
+    assert not r.health.draining and r.health.status == HEALTHY
+    assert not r.reactor.hasStopped
+
+
+def test_sigterm_with_no_meetings_drains_heartbeats_stops_grpc_and_exits():
+    r = make()
+    r.signals.send(signal.SIGTERM)
+    assert r.liaison.sent == [DRAINING]
+    assert r.grpc.stopped == 1
+    assert r.reactor.hasStopped
+
+
+def test_sigterm_waits_for_meetings_to_end():
+    r = make(grace=10)
+    host(r.registry, "m1")
+    r.signals.send(signal.SIGTERM)
+    r.reactor.advance(3)
+    assert not r.reactor.hasStopped
+    r.registry.remove("m1")
+    r.reactor.advance(0.2)
+    assert r.reactor.hasStopped
+
+
+def test_sigterm_gives_up_after_grace_and_keeps_meetings():
+    r = make(grace=5)
+    host(r.registry, "m1")
+    r.signals.send(signal.SIGINT)
+    r.reactor.advance(4.9)
+    assert not r.reactor.hasStopped
+    r.reactor.advance(0.2)
+    assert r.reactor.hasStopped
+    assert r.registry.get("m1") is not None
+
+
+def test_second_signal_skips_the_wait():
+    r = make(grace=30)
+    host(r.registry, "m1")
+    r.signals.send(signal.SIGTERM)
+    r.reactor.advance(1)
+    assert not r.reactor.hasStopped
+    r.signals.send(signal.SIGTERM)
+    assert r.reactor.hasStopped
+    assert r.liaison.sent == [DRAINING]
+
+
+def test_drain_toggle_ignored_once_shutting_down():
+    r = make(grace=30)
+    host(r.registry, "m1")
+    r.signals.send(signal.SIGTERM)
+    r.signals.send(signal.SIGUSR2)
+    assert r.health.draining
+
+
+def test_stop_restores_previous_handlers():
+    r = make()
+    r.lc.stopService()
+    assert r.signals.handlers[signal.SIGTERM] == signal.SIG_DFL
