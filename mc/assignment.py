@@ -57,8 +57,8 @@ def validate_assignment(meeting_id, mh_assignments):
     if not isinstance(meeting_id, str) or not ID_RE.fullmatch(meeting_id):
         raise InvalidAssignment("meeting_id", "must be 1-255 letters, digits, '-' or '_'")
     if not 1 <= len(mh_assignments) <= MAX_MH_ASSIGNMENTS:
-        raise InvalidAssignment(
-            "mh_assignments", f"must hold 1-{MAX_MH_ASSIGNMENTS} entries, not {len(mh_assignments)}")
+        raise InvalidAssignment("mh_assignments", f"must hold 1-{MAX_MH_ASSIGNMENTS} "
+                                f"entries, not {len(mh_assignments)}")
     for i, (mh_id, endpoint, _role) in enumerate(mh_assignments):
         where = f"mh_assignments[{i}]"
         if not mh_id:
@@ -144,7 +144,8 @@ class AssignmentService(Service):
             self._sweep_call.cancel()
         self._sweep_call = None
         for d in list(self._queued.values()):
-            d.cancel()
+            if d is not None:
+                d.cancel()
         if self._notifies:
             self.log.warn("stopping with {count} meeting-ended notifications unsent: {meetings}",
                           count=len(self._notifies), meetings=sorted(self._notifies))
@@ -341,10 +342,15 @@ class AssignmentService(Service):
         the meeting already has one in flight or queued."""
         if m.meeting_id in self._busy or m.meeting_id in self._queued:
             return
+        self._queued[m.meeting_id] = None  # _start removes it, maybe right away
         d = self._limit.run(self._start, m, kind, operation)
-        if not d.called:
+        if m.meeting_id in self._queued:
             self._queued[m.meeting_id] = d
-        d.addErrback(lambda f: f.trap(defer.CancelledError))
+        d.addErrback(self._queue_failed, kind, m.meeting_id)
+
+    def _queue_failed(self, failure, kind, meeting_id):
+        if not failure.check(defer.CancelledError):
+            self._bug(failure, kind, meeting_id)
 
     def _start(self, m, kind, operation):
         self._queued.pop(m.meeting_id, None)

@@ -1,0 +1,208 @@
+"""The MC's grpcio server (MeetingControllerService) as a Twisted service.
+
+grpcio runs each call on a worker thread of its own pool. A worker checks the
+token and validates the request by itself (pure code), then hands the call to
+the reactor with ``reactor.callFromThread`` and waits on a
+``concurrent.futures.Future`` that the assignment's Deferred completes on the
+reactor thread. The wait is bounded by the call's deadline (or ``max_wait``),
+so a stuck dependency cannot pin worker threads; the worker never touches a
+Twisted object itself.
+"""
+
+import concurrent.futures
+
+import grpc
+from twisted.application.service import Service
+from twisted.internet import defer, threads
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+
+from mc.assignment import AT_CAPACITY, DRAINING, UNHEALTHY, InvalidAssignment, validate_assignment
+from mc.proto import gc_mc_pb2 as pb
+from mc.proto import gc_mc_pb2_grpc
+
+REASONS = {
+    None: pb.REJECTION_REASON_UNSPECIFIED,
+    AT_CAPACITY: pb.REJECTION_REASON_AT_CAPACITY,
+    DRAINING: pb.REJECTION_REASON_DRAINING,
+    UNHEALTHY: pb.REJECTION_REASON_UNHEALTHY,
+}
+
+#: Calls admitted (running or queued for a worker) per worker thread; beyond
+#: that grpcio answers RESOURCE_EXHAUSTED, which the GC treats as unavailable.
+QUEUE_PER_WORKER = 8
+#: Seconds between two warnings about rejected tokens.
+AUTH_WARNING_SPACING = 10.0
+
+
+def _role_name(role):
+    try:
+        return pb.MhRole.Name(role)
+    except ValueError:
+        return str(role)  # an enum value newer than our .proto
+
+
+class _Servicer(gc_mc_pb2_grpc.MeetingControllerServiceServicer):
+    def __init__(self, service):
+        self._service = service
+
+    def AssignMeetingWithMh(self, request, context):
+        return self._service.thd_assign(request, context)
+
+
+class GrpcServerService(Service):
+    """Serves AssignMeetingWithMh on ``listen_address`` (``host:port``; port
+    0 picks one, then ``port`` holds it) until stopped; stopping gives calls
+    in flight ``grace`` seconds.
+
+    Requests above ``max_message_bytes`` are INVALID_ARGUMENT (a field-named
+    answer, like every other contract violation); grpcio itself refuses
+    anything above twice that before it is even parsed."""
+
+    name = "grpc"
+    log = Logger()
+
+    def __init__(self, listen_address, assignment, token_check, reactor, max_workers=16,
+                 grace=5.0, max_message_bytes=64 * 1024, max_wait=10.0):
+        self._address = str(listen_address)
+        self._assignment = assignment
+        self._token_check = token_check
+        self._reactor = reactor
+        self._max_workers = max_workers
+        self._grace = grace
+        self._max_message_bytes = max_message_bytes
+        self._max_wait = max_wait
+        self._server = None
+        self._executor = None
+        self._last_auth_warning = None
+        self.port = None
+
+    def __repr__(self):
+        return f"<GrpcServerService {self._address} port={self.port}>"
+
+    def startService(self):
+        executor = concurrent.futures.ThreadPoolExecutor(self._max_workers,
+                                                         thread_name_prefix="mc-grpc")
+        transport_limit = 2 * self._max_message_bytes
+        server = grpc.server(
+            executor,
+            options=[
+                ("grpc.max_receive_message_length", transport_limit),
+                ("grpc.max_send_message_length", transport_limit),
+                # Two MCs on one port must fail loudly, not share it.
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=self._max_workers * QUEUE_PER_WORKER,
+        )
+        gc_mc_pb2_grpc.add_MeetingControllerServiceServicer_to_server(_Servicer(self), server)
+        try:
+            port = server.add_insecure_port(self._address)
+        except RuntimeError:
+            port = 0
+        if not port:
+            executor.shutdown(wait=False)
+            raise CannotListenError(self._address, 0, "the gRPC server could not bind")
+        server.start()
+        self._server, self._executor, self.port = server, executor, port
+        super().startService()
+        self.log.info("gRPC server listening on {address} (port {port})",
+                      address=self._address, port=port)
+
+    def stopService(self):
+        """Stop accepting calls and give those in flight ``grace`` seconds;
+        fires once the server has really stopped (waited for in a thread, so
+        the reactor keeps serving the calls being finished)."""
+        super().stopService()
+        server, executor = self._server, self._executor
+        self._server = self._executor = None
+        if server is None:
+            return defer.succeed(None)
+        stopped = server.stop(self._grace)
+        d = threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                                      stopped.wait, self._grace + 5.0)
+
+        def done(_):
+            executor.shutdown(wait=False)
+            self.log.info("gRPC server stopped")
+
+        return d.addCallback(done)
+
+    # --- grpc worker threads ----------------------------------------------
+
+    def thd_assign(self, request, context):
+        if not self._thd_authorized(context):
+            self._reactor.callFromThread(self._auth_failed, context.peer())
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+        size = request.ByteSize()
+        if size > self._max_message_bytes:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"request: {size} bytes, more than {self._max_message_bytes}")
+        mh = tuple((a.mh_id, a.webtransport_endpoint, _role_name(a.role))
+                   for a in request.mh_assignments)
+        try:
+            validate_assignment(request.meeting_id, mh)
+        except InvalidAssignment as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        remaining = context.time_remaining()
+        timeout = self._max_wait if remaining is None else min(remaining, self._max_wait)
+        if timeout <= 0:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before handling")
+        try:
+            accepted, reason = self._thd_on_reactor(
+                request.meeting_id, mh, request.requesting_gc_id, timeout)
+        except concurrent.futures.TimeoutError:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no decision before the deadline")
+        except Exception:
+            context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        return pb.AssignMeetingWithMhResponse(accepted=accepted, rejection_reason=REASONS[reason])
+
+    def _thd_authorized(self, context):
+        values = [v for k, v in context.invocation_metadata() if k == "authorization"]
+        return len(values) == 1 and self._token_check.check(values[0])
+
+    def _thd_on_reactor(self, meeting_id, mh, gc_id, timeout):
+        """Run ``assign`` on the reactor and wait at most ``timeout`` seconds
+        for its answer; on timeout the Deferred is cancelled (on the reactor)."""
+        future = concurrent.futures.Future()
+        calls = []  # touched only on the reactor thread
+
+        def start():
+            if not future.set_running_or_notify_cancel():
+                return  # the worker gave up before the reactor got here
+            try:
+                d = self._assignment.assign(meeting_id, mh, gc_id)
+            except Exception as e:
+                self.log.failure("assign of meeting {meeting_id} raised", meeting_id=meeting_id,
+                                 gc_id=gc_id)
+                future.set_exception(e)
+                return
+            calls.append(d)
+            d.addCallbacks(future.set_result, failed)
+
+        def failed(failure):
+            if not failure.check(defer.CancelledError):
+                self.log.failure("assign of meeting {meeting_id} failed", failure=failure,
+                                 meeting_id=meeting_id, gc_id=gc_id)
+            future.set_exception(failure.value)
+
+        def cancel():
+            for d in calls:
+                d.cancel()
+
+        self._reactor.callFromThread(start)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            if not future.cancel():
+                self._reactor.callFromThread(cancel)
+            raise
+
+    # --- reactor thread ---------------------------------------------------
+
+    def _auth_failed(self, peer):
+        now = self._reactor.seconds()
+        if self._last_auth_warning is None or now - self._last_auth_warning >= \
+                AUTH_WARNING_SPACING:
+            self._last_auth_warning = now
+            self.log.warn("refused an AssignMeetingWithMh call from {peer}: missing or invalid "
+                          "bearer token", peer=peer)

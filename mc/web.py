@@ -1,0 +1,171 @@
+"""``/healthz``, ``/readyz`` and ``/metrics`` over twisted.web, for the
+orchestrator's probes and for Prometheus.
+
+Liveness and readiness answer different questions on purpose: liveness
+("restart me?") looks only at this process, readiness ("send me work?") looks
+at Redis, the GC and the drain flag. A liveness probe that failed on a Redis
+outage would get every MC of the fleet restarted at once.
+"""
+
+import json
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
+from twisted.web.pages import notFound
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from mc.health import DEGRADED, DRAINING, HEALTHY, UNHEALTHY
+
+LIVENESS_LAG_LIMIT = 10.0
+STATUSES = (HEALTHY, DEGRADED, UNHEALTHY, DRAINING)
+
+
+def not_ready_reason(health, liaison):
+    """Why the MC should get no new meetings now, or None when it should."""
+    if health.draining:
+        return "draining"
+    if not health.redis_up:
+        return "redis unreachable"
+    if not liaison.registered:
+        return "not registered with GC"
+    return None
+
+
+def refresh_gauges(metrics, health, registry, liaison):
+    """Set the gauges that mirror state owned elsewhere, so a scrape reads
+    the same values the next heartbeat would send."""
+    snap = registry.snapshot()
+    metrics.meetings_current.set(snap.meetings)
+    metrics.participants_current.set(snap.participants)
+    metrics.max_meetings.set(snap.max_meetings)
+    metrics.max_participants.set(snap.max_participants)
+    metrics.redis_up.set(1 if health.redis_up else 0)
+    metrics.registered.set(1 if liaison.registered else 0)
+    metrics.draining.set(1 if health.draining else 0)
+    current = health.status
+    for status in STATUSES:
+        metrics.health.labels(status).set(1 if status == current else 0)
+
+
+class _Endpoint(Resource):
+    """A leaf answering GET and HEAD only (anything else is a 405 naming
+    them); a path below it is a 404."""
+
+    allowedMethods = (b"GET", b"HEAD")
+
+    def getChild(self, path, request):
+        return notFound()
+
+
+def _text(request, code, body, content_type=b"text/plain; charset=utf-8"):
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", content_type)
+    return body
+
+
+class Liveness(_Endpoint):
+    """Answering at all proves the reactor runs. A reactor that answers but
+    lags more than LIVENESS_LAG_LIMIT seconds between ticks is stuck in
+    blocking work: it misses heartbeats and assignment deadlines either way,
+    and only a restart cures it. The limit is far above the DEGRADED
+    threshold so that load alone never gets an MC killed."""
+
+    log = Logger()
+
+    def __init__(self, health):
+        super().__init__()
+        self._health = health
+
+    def render_GET(self, request):
+        lag = self._health.reactor_lag
+        if lag > LIVENESS_LAG_LIMIT:
+            self.log.warn("liveness failing: reactor lag {lag:.1f}s", lag=lag)
+            return _text(request, 503, f"reactor lag {lag:.1f}s\n".encode())
+        return _text(request, 200, b"ok\n")
+
+
+class Readiness(_Endpoint):
+    def __init__(self, health, liaison):
+        super().__init__()
+        self._health = health
+        self._liaison = liaison
+
+    def render_GET(self, request):
+        reason = not_ready_reason(self._health, self._liaison)
+        body = {"ready": True} if reason is None else {"ready": False, "reason": reason}
+        return _text(request, 200 if reason is None else 503,
+                     json.dumps(body).encode() + b"\n", b"application/json")
+
+
+class MetricsPage(_Endpoint):
+    def __init__(self, metrics, health, registry, liaison):
+        super().__init__()
+        self._args = (metrics, health, registry, liaison)
+
+    def render_GET(self, request):
+        refresh_gauges(*self._args)
+        return _text(request, 200, generate_latest(self._args[0].registry),
+                     CONTENT_TYPE_LATEST.encode())
+
+
+class _Root(Resource):
+    def getChild(self, path, request):
+        return notFound()
+
+
+class _QuietSite(Site):
+    """A Site that writes no access log: probes and scrapes arrive every few
+    seconds from every prober, a line for each would bury the MC's own events
+    and cost I/O, and a failing probe is visible at the prober anyway."""
+
+    noisy = False
+
+    def log(self, request):
+        """No access log; see the class docstring."""
+
+
+class HealthHttpService(Service):
+    """Serves the probes and metrics on ``listen_address``; ``port`` is the
+    bound port once started (useful when configured as 0)."""
+
+    name = "http"
+    log = Logger()
+
+    def __init__(self, listen_address, health, registry, liaison, metrics, reactor,
+                 idle_timeout=30):
+        self._address = listen_address
+        self._reactor = reactor
+        root = _Root()
+        root.putChild(b"healthz", Liveness(health))
+        root.putChild(b"readyz", Readiness(health, liaison))
+        root.putChild(b"metrics", MetricsPage(metrics, health, registry, liaison))
+        self.site = _QuietSite(root, timeout=idle_timeout, reactor=reactor)
+        # The wrapper tracks open connections, so stopService can close them.
+        self._factory = WrappingFactory(self.site)
+        self._factory.noisy = False
+        self.port = None
+        self._listening = None
+
+    def startService(self):
+        """Listen synchronously: a port already taken raises here, so twistd
+        exits non-zero instead of running an MC no probe can reach."""
+        self._listening = self._reactor.listenTCP(
+            self._address.port, self._factory, interface=self._address.host)
+        self.port = self._listening.getHost().port
+        super().startService()
+        self.log.info("HTTP probes and metrics on {host}:{port}",
+                      host=self._address.host, port=self.port)
+
+    def stopService(self):
+        """Stop listening and abort open connections (an idle keep-alive
+        connection would otherwise outlive the service)."""
+        super().stopService()
+        listening, self._listening = self._listening, None
+        d = defer.maybeDeferred(listening.stopListening)
+        for protocol in list(self._factory.protocols):
+            protocol.transport.abortConnection()
+        return d
