@@ -51,20 +51,27 @@ def refresh_gauges(metrics, health, registry, liaison):
         metrics.health.labels(status).set(1 if status == current else 0)
 
 
+def _text(request, code, body, content_type=b"text/plain; charset=utf-8"):
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", content_type)
+    return body
+
+
 class _Endpoint(Resource):
-    """A leaf answering GET and HEAD only (anything else is a 405 naming
-    them); a path below it is a 404."""
+    """A leaf answering GET and HEAD only; a path below it is a 404."""
 
     allowedMethods = (b"GET", b"HEAD")
 
     def getChild(self, path, request):
         return notFound()
 
-
-def _text(request, code, body, content_type=b"text/plain; charset=utf-8"):
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", content_type)
-    return body
+    def render(self, request):
+        """A 405 naming the allowed methods, rendered here because
+        twisted.web's own 405 page goes through a deprecated class."""
+        if request.method not in self.allowedMethods:
+            request.setHeader(b"allow", b", ".join(self.allowedMethods))
+            return _text(request, 405, b"method not allowed\n")
+        return super().render(request)
 
 
 class Liveness(_Endpoint):

@@ -1,0 +1,159 @@
+"""``twistd mc`` as a real subprocess, for end-to-end tests and the demo.
+
+Waits are conditions polled against a deadline, never fixed sleeps.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from mc.testing.redisproc import free_port
+
+TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
+
+
+def wait_for(predicate, timeout, interval=0.05, what="condition"):
+    """Poll ``predicate`` until it returns something truthy; TimeoutError after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class McProcess:
+    """One MC under twistd. ``env`` adds to a minimal environment that points
+    the MC at ``redis_url`` and ``gc_url`` on loopback with free ports."""
+
+    def __init__(self, workdir, gc_url, redis_url, service_token, gc_token, mc_id="mc-e2e-1",
+                 env=None, daemonize=False, args=()):
+        self.workdir = str(workdir)
+        self.grpc_port = free_port()
+        self.http_port = free_port()
+        self.mc_id = mc_id
+        self.pidfile = os.path.join(self.workdir, f"{mc_id}.pid")
+        self.logfile = os.path.join(self.workdir, f"{mc_id}.log")
+        self.daemonize = daemonize
+        self.args = list(args)
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "MC_ID": mc_id,
+            "GC_GRPC_URL": gc_url,
+            "REDIS_URL": redis_url,
+            "MC_SERVICE_TOKEN": service_token,
+            "MC_GC_TOKENS": gc_token,
+            "MC_GRPC_BIND_ADDRESS": f"127.0.0.1:{self.grpc_port}",
+            "MC_GRPC_ADVERTISE_URL": f"http://127.0.0.1:{self.grpc_port}",
+            "MC_WEBTRANSPORT_ADVERTISE_URL": "https://127.0.0.1:4433",
+            "MC_HEALTH_BIND_ADDRESS": f"127.0.0.1:{self.http_port}",
+            **(env or {}),
+        }
+        self.proc = None
+        self._output = None
+
+    @property
+    def grpc_target(self):
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def command(self):
+        cmd = [sys.executable, "-c", TWISTD, "--pidfile", self.pidfile, "--logfile",
+               self.logfile]
+        if not self.daemonize:
+            cmd.append("--nodaemon")
+        return cmd + ["mc", *self.args]
+
+    def start(self):
+        self._output = open(os.path.join(self.workdir, f"{self.mc_id}.out"), "w+b")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(self.command(), cwd=self.workdir, env=self.env,
+                                     stdout=self._output, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        return self
+
+    @property
+    def pid(self):
+        """The daemon's pid: from the pidfile when daemonized."""
+        if not self.daemonize:
+            return self.proc.pid
+        with open(self.pidfile) as f:
+            return int(f.read().strip())
+
+    def signal(self, signum):
+        os.kill(self.pid, signum)
+
+    def alive(self):
+        try:
+            os.kill(self.pid, 0)
+        except (ProcessLookupError, FileNotFoundError, ValueError):
+            return False
+        if not self.daemonize:
+            return self.proc.poll() is None
+        return True
+
+    def wait(self, timeout):
+        """Wait for the MC to exit; its exit status (None when daemonized)."""
+        if self.daemonize:
+            wait_for(lambda: not os.path.exists(self.pidfile), timeout, what="pidfile removal")
+            return None
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout=15.0):
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
+        if self.proc is None:
+            return
+        try:
+            if self.alive():
+                self.signal(signal.SIGTERM)
+                try:
+                    wait_for(lambda: not self.alive(), timeout, what="MC exit")
+                except TimeoutError:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.wait(5)
+            self._output.close()
+
+    def output(self):
+        with open(os.path.join(self.workdir, f"{self.mc_id}.out"), "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def log(self):
+        try:
+            with open(self.logfile, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def http(self, path, timeout=5.0):
+        """``(status, body)`` of GET ``path`` on the health port; ``(None,
+        reason)`` when nothing answers."""
+        url = f"http://127.0.0.1:{self.http_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+            return None, str(e)
+
+    def ready(self):
+        status, body = self.http("/readyz")
+        return status == 200 and json.loads(body).get("ready")
+
+    def metric(self, name):
+        """The value of an unlabelled metric from /metrics, or None."""
+        status, body = self.http("/metrics")
+        if status != 200:
+            return None
+        for line in body.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return None
