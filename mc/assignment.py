@@ -30,6 +30,7 @@ ACCEPTED = (True, None)
 #: Longest pause between sweeps (idle ends, ownership touches).
 MAX_SWEEP_INTERVAL = 5.0
 MIN_SWEEP_INTERVAL = 0.05
+FALLBACK_OWNERSHIP_INTERVAL = 30.0
 #: Fenced store operations of the sweep in flight at once.
 SWEEP_CONCURRENCY = 16
 
@@ -163,7 +164,8 @@ class AssignmentService(Service):
 
     def assign(self, meeting_id, mh_assignments, gc_id):
         """Decide on a validated assignment; fire with ``(accepted, reason)``,
-        reason one of DRAINING, UNHEALTHY, AT_CAPACITY or None. Never fails
+        reason one of DRAINING (also once stopped), UNHEALTHY, AT_CAPACITY or
+        None. Never fails
         except by cancellation, which only stops waiting: an accept in flight
         completes (the contract allows a timed-out call to have been accepted)."""
         started = self._clock.seconds()
@@ -312,9 +314,19 @@ class AssignmentService(Service):
 
     # --- the sweep: ownership touches and idle ends --------------------------
 
+    def _ownership_seconds(self):
+        """The current ownership interval; a broken source must not stop the
+        sweep, so it falls back to the GC's default comprehensive interval."""
+        try:
+            seconds = float(self._ownership_interval())
+        except Exception:
+            self.log.failure("ownership interval unavailable", mc_id=self._config.mc_id)
+            seconds = 0.0
+        return seconds if seconds > 0 else FALLBACK_OWNERSHIP_INTERVAL
+
     def _sweep_interval(self):
         interval = min(self._config.meeting_idle / 4, MAX_SWEEP_INTERVAL,
-                       self._ownership_interval() / 2)
+                       self._ownership_seconds() / 2)
         return max(interval, MIN_SWEEP_INTERVAL)
 
     def _schedule_sweep(self):
@@ -328,7 +340,7 @@ class AssignmentService(Service):
                 self._enqueue(m, _END, self._end)
             now = self._clock.seconds()
             if now >= self._next_touch:
-                self._next_touch = now + self._ownership_interval() / 2
+                self._next_touch = now + self._ownership_seconds() / 2
                 for m in self._registry:
                     self._enqueue(m, _TOUCH, self._touch)
         except Exception:

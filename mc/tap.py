@@ -10,6 +10,7 @@ import os
 from twisted.python import usage
 
 from mc import config as mcconfig
+from mc import logs
 from mc.errors import ConfigError
 
 
@@ -50,6 +51,7 @@ class Options(usage.Options):
             self.config = mcconfig.load(flags, self.environ)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        logs.apply_log_settings(self)
 
 
 def makeService(options, reactor=None):

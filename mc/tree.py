@@ -1,6 +1,7 @@
 """The MC's service tree, wired from a Config: the one place that knows which
 part needs which, and the order they start in (stop is the reverse)."""
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from mc.assignment import AssignmentService
@@ -9,11 +10,13 @@ from mc.gcclient import GrpcGcClient
 from mc.grpcserver import GrpcServerService
 from mc.health import Health, HealthMonitor
 from mc.liaison import GcLiaison
+from mc.lifecycle import Lifecycle
 from mc.meetings import MeetingRegistry
 from mc.metrics import Metrics
 from mc.probe import SystemProbe
 from mc.service import OrderedMultiService
 from mc.store import RedisFencedStore
+from mc.web import HealthHttpService
 
 log = Logger(namespace="mc.tree")
 
@@ -36,6 +39,11 @@ class MeetingController(OrderedMultiService):
                           "token; never run a production MC like this")
         super().startService()
 
+    @defer.inlineCallbacks
+    def stopService(self):
+        yield super().stopService()
+        self.gc_client.close()
+
 
 def build_tree(config, reactor):
     root = MeetingController(config, reactor)
@@ -53,7 +61,13 @@ def build_tree(config, reactor):
         ownership_interval=lambda: liaison.comprehensive_interval)
     token_check = AllowAll() if config.insecure_no_auth else TokenCheck(config.gc_tokens)
     root.grpc = GrpcServerService(config.grpc_listen, assignment, token_check, reactor)
+    # HTTP first: a bind failure stops start-up before anything else runs, and
+    # /readyz keeps answering "draining" until the very end of a shutdown.
+    root.http = HealthHttpService(config.health_listen, health, registry, liaison, metrics,
+                                  reactor)
+    root.lifecycle = Lifecycle(config, reactor, health, registry, liaison, root.grpc)
 
-    for service in (store, root.monitor, assignment, root.grpc, liaison):
+    for service in (root.http, store, root.monitor, assignment, root.grpc, liaison,
+                    root.lifecycle):
         service.setServiceParent(root)
     return root

@@ -1,0 +1,159 @@
+"""JSON logs, one object per line, and the safety net that keeps secrets out.
+
+``twistd -n --logger mc.logs.json_logger mc`` (or ``--log-format json`` /
+``MC_LOG_FORMAT=json`` once ``apply_log_settings`` runs from the plugin's
+options) writes every ``twisted.logger`` event as plain JSON on stdout: time,
+level, namespace, the formatted message, the event's JSON-serializable
+structured fields (mc_id, meeting_id, generation, ...) and a failure's
+traceback. twistd calls the factory with no argument, so ``apply_log_settings``
+remembers twistd's ``--logfile`` and ``--nodaemon`` for it, and the factory
+writes where twistd would: stdout in the foreground without ``--logfile``, else
+the file (``twistd.log`` by default), reopened on SIGUSR1 as twistd's own file
+log is, so logrotate works.
+
+Secrets are redacted in every repr already; the filter here is the second
+line, for a secret that reaches a message through an exception or a peer.
+"""
+
+import json
+import signal
+import sys
+from datetime import UTC, datetime
+
+from twisted.logger import FileLogObserver, ILogObserver, formatEvent
+from twisted.python.logfile import LogFile
+from twisted.python.reflect import fullyQualifiedName
+from zope.interface import provider
+
+REDACTED = "<redacted>"
+
+# Secret values the JSON logger's filter redacts; filled by register_secrets
+# (twistd builds the service, and so the config, before it starts logging).
+_secrets = set()
+# twistd's --logfile / --nodaemon, as seen by apply_log_settings.
+_destination = {"logfile": None, "nodaemon": True}
+
+
+def redact(text, secrets):
+    """``text`` with each secret replaced by REDACTED, longest first so a
+    secret that contains another is replaced whole."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def _redact_value(value, secrets):
+    """Strings, also inside plain dicts, lists and tuples (what JSON output
+    would show); other objects reach output only through the message."""
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if type(value) is dict:
+        return {k: _redact_value(v, secrets) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_redact_value(v, secrets) for v in value)
+    return value
+
+
+def _escape(text):
+    """``text`` as a log_format that formats to itself."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _scrub(event, secrets):
+    message = formatEvent(event)
+    failure = event.get("log_failure")
+    traceback = failure.getTraceback() if failure is not None else ""
+    clean = {k: _redact_value(v, secrets) for k, v in event.items()}
+    if redact(message, secrets) != message:
+        clean["log_format"] = _escape(redact(message, secrets))
+    if redact(traceback, secrets) != traceback:
+        # A Failure cannot be redacted in place: carry its text in the message.
+        del clean["log_failure"]
+        clean["log_format"] = _escape(redact(f"{message}\n{traceback}", secrets))
+    return clean
+
+
+def secrets_filter(observer, secrets):
+    """Wrap ``observer`` so no secret reaches it in a formatted message, a
+    traceback or a string field. ``secrets`` is read at every event, so a set
+    filled in later still takes effect; empty values are ignored."""
+
+    @provider(ILogObserver)
+    def filtered(event):
+        values = [s for s in secrets if s]
+        observer(_scrub(event, values) if values else event)
+
+    return filtered
+
+
+def _jsonable(value):
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def event_as_json(event):
+    """One event as one line of plain JSON (no record separator)."""
+    level = event.get("log_level")
+    record = {
+        "time": datetime.fromtimestamp(event.get("log_time", 0), UTC)
+        .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "level": level.name if level is not None else None,
+        "namespace": event.get("log_namespace"),
+        "message": formatEvent(event),
+    }
+    failure = event.get("log_failure")
+    if failure is not None:
+        record["traceback"] = failure.getTraceback()
+    for key, value in event.items():
+        if not key.startswith("log_") and key not in record and _jsonable(value):
+            record[key] = value
+    return json.dumps(record) + "\n"
+
+
+def json_observer(out):
+    """An observer writing ``event_as_json`` lines to the text file ``out``."""
+    return FileLogObserver(out, event_as_json)
+
+
+def _reopen_on_sigusr1(logfile):
+    from twisted.internet import reactor
+
+    signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(logfile.reopen))
+
+
+def json_logger():
+    """The ``twistd --logger`` factory: JSON lines where twistd would write its
+    log, secrets redacted."""
+    path = _destination["logfile"]
+    if path is None and not _destination["nodaemon"]:
+        path = "twistd.log"
+    if path in (None, "-"):
+        out = sys.stdout
+    else:
+        out = LogFile.fromFullPath(path, rotateLength=None)
+        _reopen_on_sigusr1(out)
+    return secrets_filter(json_observer(out), _secrets)
+
+
+def register_secrets(config):
+    """Remember the config's secret values for json_logger's filter."""
+    values = [config.service_token, *config.gc_tokens, config.redis.password]
+    _secrets.update(s.reveal() for s in values if s is not None)
+
+
+def apply_log_settings(options):
+    """Call from the mc plugin's ``Options.postOptions``, once ``.config`` is
+    loaded: registers the secrets and, for ``--log-format json``, names
+    json_logger as twistd's ``--logger`` unless one was given. This works
+    because twistd parses the plugin's options before its own postOptions
+    imports the named logger factory."""
+    register_secrets(options.config)
+    parent = getattr(options, "parent", None)
+    if parent is not None:
+        _destination.update(logfile=parent.get("logfile"),
+                            nodaemon=bool(parent.get("nodaemon")))
+    if options.config.log_format == "json" and parent is not None and not parent.get("logger"):
+        parent["logger"] = fullyQualifiedName(json_logger)

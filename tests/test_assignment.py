@@ -1,0 +1,357 @@
+"""The assignment service's decisions, sweeps and retries, driven by a Clock
+over an in-memory fenced store; plus the request rules and the token check."""
+
+from collections import defaultdict, deque
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from mc.assignment import (
+    AT_CAPACITY,
+    DRAINING,
+    UNHEALTHY,
+    AssignmentService,
+    InvalidAssignment,
+    assignment_record,
+    validate_assignment,
+)
+from mc.auth import AllowAll, TokenCheck
+from mc.config import Secret
+from mc.errors import FencedOut, StoreUnavailable
+from mc.health import Health
+from mc.interfaces import IFencedStore, ITokenCheck
+from mc.meetings import MeetingRegistry
+from mc.metrics import Metrics
+from mc.testing.doubles import ScriptedGcClient, gc_error
+from tests.configs import make_config
+
+PRIMARY = ("mh-a", "https://mh-a.example:4433", "MH_ROLE_PRIMARY")
+BACKUP = ("mh-b", "https://mh-b.example:4433", "MH_ROLE_BACKUP")
+MH = (PRIMARY, BACKUP)
+
+
+# --- the request rules -------------------------------------------------------
+
+@pytest.mark.parametrize("meeting_id, mh, field", [
+    ("", MH, "meeting_id"),
+    ("a" * 256, MH, "meeting_id"),
+    ("meeting.1", MH, "meeting_id"),
+    ("meeting-1\n", MH, "meeting_id"),
+    (None, MH, "meeting_id"),
+    ("m", (), "mh_assignments"),
+    ("m", (PRIMARY,) * 17, "mh_assignments"),
+    ("m", (("", PRIMARY[1], ""),), "mh_assignments[0].mh_id"),
+    ("m", (PRIMARY, (" mh-b", BACKUP[1], "")), "mh_assignments[1].mh_id"),
+    ("m", (PRIMARY, ("mh\x00b", BACKUP[1], "")), "mh_assignments[1].mh_id"),
+    ("m", (PRIMARY, ("b" * 256, BACKUP[1], "")), "mh_assignments[1].mh_id"),
+    ("m", (("mh-a", "mh-a.example:4433", ""),), "mh_assignments[0].webtransport_endpoint"),
+    ("m", (PRIMARY, ("mh-b", "https://", "")), "mh_assignments[1].webtransport_endpoint"),
+    ("m", (PRIMARY, ("mh-b", "https://u:p@mh-b", "")), "mh_assignments[1].webtransport_endpoint"),
+    ("m", (PRIMARY, ("mh-b", "https://mh-b:99999", "")),
+     "mh_assignments[1].webtransport_endpoint"),
+])
+def test_invalid_assignments_name_the_field(meeting_id, mh, field):
+    with pytest.raises(InvalidAssignment) as info:
+        validate_assignment(meeting_id, mh)
+    assert info.value.field == field
+    assert str(info.value).startswith(field + ": ")
+
+
+def test_valid_assignments():
+    validate_assignment("a" * 255, (PRIMARY,) * 16)
+    validate_assignment("Meeting_1-x", (("mh.a:1", "http://[::1]:4433/x", "MH_ROLE_PRIMARY"),))
+
+
+def test_assignment_record_is_the_contract_json():
+    assert assignment_record((PRIMARY,), 7) == {
+        "primary_mh_id": "mh-a", "primary_endpoint": "https://mh-a.example:4433",
+        "backup_mh_id": None, "backup_endpoint": None, "assigned_at": 7}
+    assert assignment_record(MH + (PRIMARY,), 7)["backup_mh_id"] == "mh-b"
+
+
+# --- the token check -----------------------------------------------------------
+
+def test_token_check():
+    check = TokenCheck((Secret("tok-1"), Secret("tok-2")))
+    assert verifyObject(ITokenCheck, check) and verifyObject(ITokenCheck, AllowAll())
+    assert check.check("Bearer tok-1") and check.check("Bearer tok-2")
+    for bad in (None, b"Bearer tok-1", "", "Bearer ", "bearer tok-1", "Bearer  tok-1",
+                "Bearer tok-1 ", "Bearer tok-", "Bearer tok-12", "tok-1", "Bearer tok-3",
+                "Bearer \udcff", "Bearer " + "x" * 8193):
+        assert not check.check(bad), bad
+    assert "tok-1" not in repr(check)
+    assert TokenCheck((Secret("x" * 8192),)).check("Bearer " + "x" * 8192)
+    assert AllowAll().check(None)
+    with pytest.raises(ValueError):
+        TokenCheck(())
+
+
+# --- the service, on a Clock -------------------------------------------------------
+
+@implementer(IFencedStore)
+class MemoryStore:
+    """The fencing rule in memory; ``script[method]`` queues outcomes: an
+    exception to fail with, or ``"hold"`` to wait for ``held.pop(0).callback(None)``."""
+
+    def __init__(self):
+        self.connected = True
+        self.generations = {}
+        self.mh = {}
+        self.state = {}
+        self.calls = []
+        self.script = defaultdict(deque)
+        self.held = []
+
+    def _do(self, method, meeting_id, fn):
+        self.calls.append((method, meeting_id))
+        outcome = self.script[method].popleft() if self.script[method] else None
+        if outcome == "hold":
+            d = defer.Deferred()
+            self.held.append(d)
+            return d.addCallback(lambda _: fn())
+        if isinstance(outcome, Exception):
+            return defer.fail(outcome)
+        return defer.maybeDeferred(fn)
+
+    def _fence(self, meeting_id, generation):
+        stored = self.generations.get(meeting_id)
+        if stored is not None and generation < stored:
+            raise FencedOut(meeting_id, generation, stored)
+        self.generations[meeting_id] = generation
+
+    def claim(self, meeting_id):
+        def run():
+            self.generations[meeting_id] = self.generations.get(meeting_id, 0) + 1
+            return self.generations[meeting_id]
+        return self._do("claim", meeting_id, run)
+
+    def claim_and_write(self, meeting_id, mc_id, assignment, state):
+        def run():
+            g = self.generations[meeting_id] = self.generations.get(meeting_id, 0) + 1
+            self.mh[meeting_id] = dict(assignment)
+            self.state[meeting_id] = dict(state, mc_id=mc_id, generation=g)
+            return g
+        return self._do("claim_and_write", meeting_id, run)
+
+    def write_assignment(self, meeting_id, generation, assignment):
+        def run():
+            self._fence(meeting_id, generation)
+            self.mh[meeting_id] = dict(assignment)
+            return generation
+        return self._do("write_assignment", meeting_id, run)
+
+    def write_state(self, meeting_id, generation, fields):
+        def run():
+            self._fence(meeting_id, generation)
+            self.state.setdefault(meeting_id, {}).update(fields, generation=generation)
+            return generation
+        return self._do("write_state", meeting_id, run)
+
+    def delete(self, meeting_id, generation):
+        def run():
+            self._fence(meeting_id, generation)
+            self.mh.pop(meeting_id, None)
+            self.state.pop(meeting_id, None)
+            return generation
+        return self._do("delete", meeting_id, run)
+
+    def read_generation(self, meeting_id):
+        return defer.succeed(self.generations.get(meeting_id))
+
+    def read_assignment(self, meeting_id):
+        return defer.succeed(self.mh.get(meeting_id))
+
+    def count(self, method):
+        return sum(1 for m, _ in self.calls if m == method)
+
+
+class Rig:
+    def __init__(self, ownership_interval=30.0, **flags):
+        self.clock = Clock()
+        self.config = make_config(**flags)
+        self.store = MemoryStore()
+        verifyObject(IFencedStore, self.store)
+        self.registry = MeetingRegistry(self.config.max_meetings, self.config.max_participants,
+                                        self.config.participant_estimate, self.clock)
+        self.health = Health(lambda: self.store.connected, self.config.lag_threshold)
+        self.gc = ScriptedGcClient(self.clock)
+        self.metrics = Metrics()
+        self.interval = ownership_interval
+        self.service = AssignmentService(self.config, self.store, self.registry, self.health,
+                                         self.gc, self.clock, self.metrics,
+                                         lambda: self.interval)
+        self.service.startService()
+
+    def assign(self, meeting_id="meeting-1", mh=MH):
+        return self.service.assign(meeting_id, mh, "gc-1")
+
+    def run(self, seconds, step=0.05):
+        for _ in range(round(seconds / step)):
+            self.clock.advance(step)
+
+
+def result_of(d):
+    out = []
+    d.addBoth(out.append)
+    assert out, "the Deferred has not fired"
+    return out[0]
+
+
+def test_decision_order():
+    rig = Rig()
+    rig.store.connected = False
+    rig.health.set_draining(True)
+    assert result_of(rig.assign()) == (False, DRAINING)
+    rig.health.set_draining(False)
+    assert result_of(rig.assign()) == (False, UNHEALTHY)
+    assert rig.store.calls == []
+    rig.store.connected = True
+    assert result_of(rig.assign()) == (True, None)
+    assert rig.metrics.assignments.labels("rejected", "DRAINING")._value.get() == 1
+    assert rig.metrics.assignments.labels("accepted", "")._value.get() == 1
+
+
+def test_concurrent_assignments_of_one_meeting_share_one_accept():
+    rig = Rig(max_meetings=1)
+    rig.store.script["claim_and_write"].append("hold")
+    first, second = rig.assign(), rig.assign(mh=(BACKUP,))
+    assert not first.called and not second.called
+    assert result_of(rig.assign("meeting-2")) == (False, AT_CAPACITY)
+    rig.store.held.pop(0).callback(None)
+    assert result_of(first) == result_of(second) == (True, None)
+    assert rig.store.count("claim_and_write") == 1 and len(rig.registry) == 1
+
+
+def test_a_cancelled_assignment_still_completes_its_accept():
+    rig = Rig()
+    rig.store.script["claim_and_write"].append("hold")
+    d = rig.assign()
+    d.cancel()
+    assert result_of(d).check(defer.CancelledError)
+    rig.store.held.pop(0).callback(None)
+    assert rig.service.hosted() == {"meeting-1"}
+    assert rig.metrics.assignments.labels("abandoned", "")._value.get() == 1
+
+
+def test_reassigning_a_lost_meeting_claims_it_afresh():
+    rig = Rig(max_meetings=1)
+    assert result_of(rig.assign()) == (True, None)
+    rig.store.generations["meeting-1"] = 5  # another MC claimed it
+    assert result_of(rig.assign()) == (True, None)
+    assert rig.registry.get("meeting-1").generation == 6
+    assert rig.metrics.fenced_out._value.get() == 1
+    assert rig.store.state["meeting-1"]["generation"] == 6
+
+
+def test_reassign_with_redis_failing_is_unhealthy_and_keeps_the_meeting():
+    rig = Rig()
+    result_of(rig.assign())
+    rig.store.script["write_assignment"].append(StoreUnavailable("down"))
+    assert result_of(rig.assign()) == (False, UNHEALTHY)
+    assert rig.registry.get("meeting-1").generation == 1
+
+
+def test_ownership_touches_at_least_once_per_interval():
+    rig = Rig(ownership_interval=10.0)
+    result_of(rig.assign())
+    rig.store.script["write_state"].append(StoreUnavailable("blip"))
+    touches = []
+    rig.store.write_state = _spy(rig.store.write_state, lambda: touches.append(
+        rig.clock.seconds()))
+    rig.run(60, step=0.5)
+    gaps = [b - a for a, b in zip([0.0] + touches, touches, strict=False)]
+    assert len(touches) >= 6 and max(gaps) <= 10.0
+    assert rig.service.hosted() == {"meeting-1"}  # a failed touch is retried, not fatal
+
+
+def _spy(fn, before):
+    def spy(*args):
+        before()
+        return fn(*args)
+    return spy
+
+
+def test_fenced_out_by_a_touch_stops_hosting_and_writing():
+    rig = Rig(ownership_interval=2.0)
+    result_of(rig.assign())
+    rig.store.generations["meeting-1"] = 2
+    rig.run(2)
+    assert rig.service.hosted() == frozenset()
+    assert rig.metrics.fenced_out._value.get() == 1
+    writes = len(rig.store.calls)
+    rig.run(10)
+    assert len(rig.store.calls) == writes
+
+
+def test_idle_end_retries_a_failed_delete_then_notifies_with_backoff():
+    rig = Rig(meeting_idle=1)
+    result_of(rig.assign())
+    rig.registry.get("meeting-1").join("p")
+    rig.run(3)
+    assert rig.service.hosted() == {"meeting-1"}  # not idle while someone is in it
+    rig.registry.get("meeting-1").leave("p")
+    rig.store.script["delete"].append(StoreUnavailable("down"))
+    rig.gc.script("notify_meeting_ended", gc_error("NotifyMeetingEnded", "UNAVAILABLE"),
+                  gc_error("NotifyMeetingEnded", "UNAVAILABLE"))
+    rig.run(1.5)
+    assert rig.store.count("delete") == 2
+    assert rig.service.hosted() == frozenset() and "meeting-1" not in rig.store.state
+    rig.run(4)
+    times = rig.gc.times("notify_meeting_ended")
+    assert len(times) == 3
+    assert 0.75 <= times[1] - times[0] <= 1.05 and 1.5 <= times[2] - times[1] <= 2.05
+    [request] = rig.gc.requests("notify_meeting_ended")[-1:]
+    assert (request.meeting_id, request.region) == ("meeting-1", "us-east-1")
+    assert rig.metrics.meetings_ended.labels("idle")._value.get() == 1
+
+
+def test_a_fenced_out_delete_counts_as_fenced_out():
+    rig = Rig(meeting_idle=1)
+    result_of(rig.assign())
+    rig.store.generations["meeting-1"] = 9
+    rig.run(1.5)
+    assert rig.service.hosted() == frozenset()
+    assert rig.metrics.fenced_out._value.get() == 1
+    assert rig.gc.requests("notify_meeting_ended") == []
+
+
+def test_an_assignment_during_an_end_waits_and_decides_afresh():
+    rig = Rig(meeting_idle=1)
+    result_of(rig.assign())
+    rig.store.script["delete"].append("hold")
+    rig.run(1.5)
+    d = rig.assign()
+    assert not d.called
+    rig.store.held.pop(0).callback(None)
+    assert result_of(d) == (True, None)
+    assert rig.registry.get("meeting-1").generation == 2
+    assert rig.store.state["meeting-1"]["generation"] == 2
+
+
+def test_stop_cancels_retries_and_waits_for_work_in_flight():
+    rig = Rig(meeting_idle=1)
+    result_of(rig.assign())
+    rig.gc.script("notify_meeting_ended",
+                  *[gc_error("NotifyMeetingEnded", "UNAVAILABLE")] * 50)
+    rig.run(1.5)
+    assert len(rig.gc.requests("notify_meeting_ended")) == 1
+    rig.store.script["claim_and_write"].append("hold")
+    accepting = rig.assign("meeting-2")
+    stopped = rig.service.stopService()
+    assert not stopped.called
+    rig.store.held.pop(0).callback(None)
+    assert result_of(accepting) == (True, None)
+    assert result_of(stopped) is None
+    assert rig.clock.getDelayedCalls() == []
+    assert result_of(rig.assign("meeting-3")) == (False, DRAINING)
+
+
+def test_invalid_argument_from_the_gc_gives_up_notifying():
+    rig = Rig(meeting_idle=1)
+    result_of(rig.assign())
+    rig.gc.script("notify_meeting_ended", gc_error("NotifyMeetingEnded", "INVALID_ARGUMENT"))
+    rig.run(10)
+    assert len(rig.gc.requests("notify_meeting_ended")) == 1
