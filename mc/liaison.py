@@ -263,7 +263,8 @@ class GcLiaison(Service):
         if self._fast_inflight is not None:
             self._nudge_pending = True
             return
-        since = self._clock.seconds() - (self._last_fast_sent or float("-inf"))
+        last = self._last_fast_sent
+        since = float("inf") if last is None else self._clock.seconds() - last
         if since < MIN_NUDGE_SPACING:
             self._nudge_call = self._clock.callLater(MIN_NUDGE_SPACING - since, self.nudge)
             return
@@ -272,9 +273,16 @@ class GcLiaison(Service):
 
     def send_draining_heartbeat(self):
         """One fast heartbeat now, for shutdown; fires when it is answered or
-        failed (never fails)."""
+        failed (never fails). A fast heartbeat already in flight (the nudge of
+        the health change that drained us) counts, so the GC hears it once."""
         if not self.registered:
             return defer.succeed(None)
+        if self._nudge_call is not None and self._nudge_call.active():
+            self._nudge_call.cancel()
+        if self._fast_inflight is not None:
+            done = defer.Deferred()
+            self._fast_inflight.addBoth(lambda result: (done.callback(None), result)[1])
+            return done
         return self._heartbeat("fast", self._client.fast_heartbeat, self.fast_request())
 
     def _bug(self, failure, what):

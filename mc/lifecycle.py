@@ -28,6 +28,7 @@ class Lifecycle(Service):
         self._poll = poll
         self._signals = signals
         self.shutting_down = False
+        self.skip_wait = False
         self._cut_short = None
         self._previous = {}
 
@@ -67,9 +68,11 @@ class Lifecycle(Service):
         """First call: drain and stop gracefully. A later call skips the rest
         of the wait for hosted meetings."""
         if self.shutting_down:
-            if self._cut_short is not None and not self._cut_short.called:
+            if not self.skip_wait:
                 self.log.warn("second stop signal: not waiting for hosted meetings")
-                self._cut_short.callback(None)
+                self.skip_wait = True
+                if self._cut_short is not None and not self._cut_short.called:
+                    self._cut_short.callback(None)
             return
         self.shutting_down = True
         d = self._graceful()
@@ -102,7 +105,7 @@ class Lifecycle(Service):
         def check():
             if done.called:
                 return
-            if not len(self._registry) or self._reactor.seconds() >= deadline:
+            if self.skip_wait or not len(self._registry) or self._reactor.seconds() >= deadline:
                 done.callback(None)
             else:
                 self._reactor.callLater(min(self._poll, deadline - self._reactor.seconds()),

@@ -247,3 +247,26 @@ def test_draining_heartbeat_on_demand(rig):
     d = rig.liaison.send_draining_heartbeat()
     assert isinstance(d, defer.Deferred) and d.called
     assert rig.client.requests("fast_heartbeat")[-1].health == pb.DRAINING
+
+
+def test_draining_heartbeat_joins_the_nudge_in_flight(rig):
+    rig.liaison.startService()
+    rig.advance(5.0)
+    rig.client.script("fast_heartbeat", "hold")
+    rig.health.set_draining(True)
+    d = rig.liaison.send_draining_heartbeat()
+    assert not d.called
+    assert len(rig.client.requests("fast_heartbeat")) == 2
+    rig.client.held[0][1].callback(pb.HeartbeatResponse(acknowledged=True))
+    assert d.called
+    assert len(rig.client.requests("fast_heartbeat")) == 2
+
+
+def test_draining_heartbeat_replaces_a_rate_limited_nudge(rig):
+    rig.liaison.startService()
+    rig.advance(0.5)
+    rig.health.set_draining(True)
+    assert len(rig.client.requests("fast_heartbeat")) == 1
+    rig.liaison.send_draining_heartbeat()
+    rig.advance(2.0)
+    assert [r.health for r in rig.client.requests("fast_heartbeat")] == [pb.HEALTHY, pb.DRAINING]

@@ -134,3 +134,15 @@ def test_stop_restores_previous_handlers():
     r = make()
     r.lc.stopService()
     assert r.signals.handlers[signal.SIGTERM] == signal.SIG_DFL
+
+
+def test_second_signal_during_the_grpc_stop_still_skips_the_wait():
+    r = make(grace=30)
+    host(r.registry, "m1")
+    stopping = defer.Deferred()
+    r.grpc.stopService = lambda: stopping
+    r.signals.send(signal.SIGTERM)
+    r.signals.send(signal.SIGTERM)
+    assert not r.reactor.hasStopped
+    stopping.callback(None)
+    assert r.reactor.hasStopped
