@@ -1,0 +1,132 @@
+"""CPU and memory against cgroup v2 limits, and the health decision."""
+
+import pytest
+from twisted.internet.task import Clock
+from zope.interface.verify import verifyObject
+
+from mc.health import DEGRADED, DRAINING, HEALTHY, UNHEALTHY, Health, HealthMonitor
+from mc.interfaces import ISystemProbe
+from mc.probe import SystemProbe, cgroup_dir
+from mc.testing.doubles import FixedProbe
+
+
+def make_cgroup(tmp_path, cpu_max="max 100000", memory_max="max", current=0, usage=0):
+    cg = tmp_path / "cg"
+    cg.mkdir(exist_ok=True)
+    (cg / "cgroup.controllers").write_text("cpu memory\n")
+    (cg / "cpu.max").write_text(cpu_max + "\n")
+    (cg / "memory.max").write_text(memory_max + "\n")
+    (cg / "memory.current").write_text(f"{current}\n")
+    (cg / "cpu.stat").write_text(f"usage_usec {usage}\nuser_usec 0\n")
+    return cg
+
+
+def test_cgroup_dir_from_proc_self_cgroup(tmp_path):
+    make_cgroup(tmp_path)
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/cg\n")
+    assert cgroup_dir(root=str(tmp_path), proc_cgroup=str(proc)) == str(tmp_path / "cg")
+    proc.write_text("12:memory:/docker/abc\n")
+    assert cgroup_dir(root=str(tmp_path), proc_cgroup=str(proc)) is None
+    assert cgroup_dir(root=str(tmp_path), proc_cgroup=str(tmp_path / "missing")) is None
+
+
+def test_cpu_against_cgroup_quota(tmp_path):
+    cg = make_cgroup(tmp_path, cpu_max="50000 100000", usage=1_000_000)
+    now = [100.0]
+    probe = SystemProbe(cgroup=str(cg), clock=lambda: now[0])
+    verifyObject(ISystemProbe, probe)
+    now[0] += 2.0
+    (cg / "cpu.stat").write_text("usage_usec 1500000\n")
+    assert probe.cpu_percent() == pytest.approx(50.0)
+    now[0] += 1.0
+    (cg / "cpu.stat").write_text("usage_usec 2500000\n")
+    assert probe.cpu_percent() == 100.0
+
+
+def test_memory_against_cgroup_limit(tmp_path):
+    cg = make_cgroup(tmp_path, memory_max=str(512 * 2**20), current=128 * 2**20)
+    assert SystemProbe(cgroup=str(cg)).memory_percent() == pytest.approx(25.0)
+    (cg / "memory.current").write_text(str(600 * 2**20))
+    assert SystemProbe(cgroup=str(cg)).memory_percent() == 100.0
+
+
+def test_unlimited_cgroup_falls_back_to_the_host(tmp_path):
+    cg = make_cgroup(tmp_path)
+    probe = SystemProbe(cgroup=str(cg))
+    for value in (probe.cpu_percent(), probe.memory_percent()):
+        assert 0.0 <= value <= 100.0
+    no_cgroup = SystemProbe(cgroup="")
+    assert 0.0 < no_cgroup.memory_percent() <= 100.0
+
+
+def test_fixed_probe_is_a_probe():
+    verifyObject(ISystemProbe, FixedProbe())
+
+
+@pytest.mark.parametrize("redis_up,draining,cpu,memory,lag,expected", [
+    (True, False, 10, 10, 0.0, HEALTHY),
+    (True, True, 10, 10, 0.0, DRAINING),
+    (False, True, 10, 10, 0.0, DRAINING),
+    (False, False, 10, 10, 0.0, UNHEALTHY),
+    (False, False, 95, 10, 0.0, UNHEALTHY),
+    (True, False, 90, 10, 0.0, DEGRADED),
+    (True, False, 10, 90, 0.0, DEGRADED),
+    (True, False, 10, 10, 0.6, DEGRADED),
+    (True, False, 89.9, 89.9, 0.5, HEALTHY),
+])
+def test_health_decision(redis_up, draining, cpu, memory, lag, expected):
+    h = Health(lambda: redis_up, lag_threshold=0.5)
+    h.draining, h.cpu_percent, h.memory_percent, h.reactor_lag = draining, cpu, memory, lag
+    assert h.status == expected
+
+
+def test_observers_hear_each_change_once():
+    redis = [True]
+    h = Health(lambda: redis[0], 0.5)
+    heard = []
+    h.on_change(heard.append)
+    h.check()
+    h.check()
+    redis[0] = False
+    h.check()
+    h.set_draining(True)
+    h.set_draining(True)
+    assert heard == [HEALTHY, UNHEALTHY, DRAINING]
+
+
+def test_monitor_measures_lag_and_samples_the_probe():
+    clock = Clock()
+    h = Health(lambda: True, 0.5)
+    probe = FixedProbe(cpu=20, memory=30)
+    lags = []
+    m = HealthMonitor(h, probe, clock, interval=0.25, sample_every=2.0, on_lag=lags.append)
+    m.startService()
+    clock.advance(0.25)
+    assert lags == [0.0] and (h.cpu_percent, h.memory_percent) == (20, 30)
+    probe.cpu = 95
+    clock.advance(1.0)
+    assert h.reactor_lag == pytest.approx(0.75)
+    assert h.status == DEGRADED
+    assert h.cpu_percent == 20
+    for _ in range(8):
+        clock.advance(0.25)
+    assert h.cpu_percent == 95
+    m.stopService()
+    assert clock.getDelayedCalls() == []
+
+
+def test_monitor_survives_a_failing_probe():
+    clock = Clock()
+
+    class Broken(FixedProbe):
+        def cpu_percent(self):
+            raise OSError("cgroup vanished")
+
+    h = Health(lambda: True, 0.5)
+    m = HealthMonitor(h, Broken(), clock, interval=0.25)
+    m.startService()
+    clock.advance(0.25)
+    clock.advance(0.25)
+    assert len(clock.getDelayedCalls()) == 1
+    m.stopService()
