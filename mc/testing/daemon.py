@@ -71,12 +71,35 @@ class McProcess:
             cmd.append("--nodaemon")
         return cmd + ["mc", *self.args]
 
-    def start(self):
+    def start(self, attempts=3, timeout=30.0):
+        """Start the MC and wait until it listens or exits. A free port can be
+        taken by someone else before twistd binds it: then try fresh ports."""
+        for _ in range(attempts):
+            self._launch()
+            wait_for(self._settled, timeout, what="MC start-up")
+            if self.alive() or "Address already in use" not in self.output() + self.log():
+                return self
+            self._output.close()
+            self.grpc_port, self.http_port = free_port(), free_port()
+            self.env.update(MC_GRPC_BIND_ADDRESS=f"127.0.0.1:{self.grpc_port}",
+                            MC_GRPC_ADVERTISE_URL=f"http://127.0.0.1:{self.grpc_port}",
+                            MC_HEALTH_BIND_ADDRESS=f"127.0.0.1:{self.http_port}")
+            for leftover in (self.logfile, self.pidfile):
+                if os.path.exists(leftover):
+                    os.unlink(leftover)
+        return self
+
+    def _launch(self):
         self._output = open(os.path.join(self.workdir, f"{self.mc_id}.out"), "w+b")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(self.command(), cwd=self.workdir, env=self.env,
                                      stdout=self._output, stderr=subprocess.STDOUT,
                                      start_new_session=True)
-        return self
+
+    def _settled(self):
+        """True once the MC listens on both ports, or has exited."""
+        if "gRPC server listening on" in self.log():
+            return True
+        return self.proc.poll() is not None and (not self.daemonize or not self.alive())
 
     @property
     def pid(self):
