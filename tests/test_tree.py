@@ -1,0 +1,88 @@
+"""The wiring: makeService builds one tree whose children start in dependency
+order and stop in reverse, each stop awaited; checked in-process on the real
+reactor against real Redis and the fake GC."""
+
+import pytest
+import pytest_twisted
+from twisted.application.service import IServiceCollection
+from twisted.internet import defer, reactor, threads
+from zope.interface.verify import verifyObject
+
+from mc.interfaces import IFencedStore, IGcClient, ISystemProbe, ITokenCheck
+from mc.tap import Options, makeService
+from mc.testing.fakegc import FakeGc, assign_meeting
+from tests.configs import TEST_GC_TOKEN, TEST_SERVICE_TOKEN
+from tests.helpers import wait_until
+
+ORDER = ["http", "redis-store", "health-monitor", "meetings", "grpc", "gc-liaison", "lifecycle"]
+
+
+@pytest.fixture
+def gc():
+    fake = FakeGc(TEST_SERVICE_TOKEN).start()
+    yield fake
+    fake.stop()
+
+
+def options(redis, gc, *extra):
+    o = Options(environ={"MC_SERVICE_TOKEN": TEST_SERVICE_TOKEN, "MC_GC_TOKENS": TEST_GC_TOKEN})
+    o.parseOptions(["--mc-id", "mc-tree-1", "--redis-url", redis.url, "--gc-url", gc.url,
+                    "--grpc-listen", "127.0.0.1:0", "--grpc-advertise", "http://127.0.0.1:1",
+                    "--health-listen", "127.0.0.1:0", *extra])
+    return o
+
+
+def test_tree_shape_and_seams(redis, gc):
+    root = makeService(options(redis, gc), reactor)
+    assert root.name == "mc"
+    IServiceCollection(root)
+    assert [s.name for s in root] == ORDER
+    verifyObject(IFencedStore, root.store)
+    verifyObject(IGcClient, root.gc_client)
+    verifyObject(ITokenCheck, root.grpc._token_check)
+    verifyObject(ISystemProbe, root.monitor._probe)
+    assert "AllowAll" not in repr(root.grpc._token_check)
+
+
+def test_insecure_no_auth_wires_allow_all(redis, gc):
+    root = makeService(options(redis, gc, "--insecure-no-auth"), reactor)
+    assert repr(root.grpc._token_check) == "<AllowAll>"
+
+
+@pytest_twisted.ensureDeferred
+async def test_starts_in_order_serves_and_stops_in_reverse(redis, gc):
+    root = makeService(options(redis, gc), reactor)
+    events = []
+    for child in root:
+        start, stop = child.startService, child.stopService
+
+        def started(start=start, name=child.name):
+            events.append(("start", name))
+            return start()
+
+        def stopped(stop=stop, name=child.name):
+            events.append(("stop", name))
+            d = defer.maybeDeferred(stop)
+            d.addCallback(lambda _: events.append(("stopped", name)))
+            return d
+
+        child.startService, child.stopService = started, stopped
+    root.startService()
+    try:
+        assert events == [("start", n) for n in ORDER]
+        await wait_until(lambda: root.liaison.registered and root.store.connected, timeout=10)
+        target = f"127.0.0.1:{root.grpc.port}"
+        r = await threads.deferToThread(
+            assign_meeting, target, "tree-meeting-1",
+            [("mh-1", "https://mh.example:4433", "MH_ROLE_PRIMARY")], TEST_GC_TOKEN)
+        assert r.accepted
+        assert redis.command("GET", "meeting:tree-meeting-1:generation") == "1"
+    finally:
+        del events[:]
+        await root.stopService()
+    expected = []
+    for name in reversed(ORDER):
+        expected += [("stop", name), ("stopped", name)]
+    assert events == expected
+    assert not any(s.running for s in root)
+    assert not root.store.connected
