@@ -87,6 +87,15 @@ def assignment_record(mh_assignments, assigned_at):
     }
 
 
+def mh_from_record(record):
+    """The ``(mh_id, endpoint, role_name)`` tuples of a stored ``mh`` record
+    (the inverse of ``assignment_record``)."""
+    mh = ((record.get("primary_mh_id"), record.get("primary_endpoint"), "MH_ROLE_PRIMARY"),)
+    if record.get("backup_mh_id"):
+        mh += ((record["backup_mh_id"], record.get("backup_endpoint"), "MH_ROLE_BACKUP"),)
+    return mh
+
+
 def _follow(d):
     """A new Deferred with ``d``'s result, leaving ``d`` as it was; cancelling
     it only stops that one caller waiting (``d`` never fails)."""
@@ -159,6 +168,27 @@ class AssignmentService(Service):
     def hosted(self):
         """The ids of the meetings hosted here now."""
         return frozenset(m.meeting_id for m in self._registry)
+
+    def recovered(self, owned):
+        """Host again, under their stored generations, the meetings this MC
+        still owned when it (re)started: ``(meeting_id, generation, mh
+        record)`` from the store's recovery. Capacity holds: the rest are left
+        for the GC to place elsewhere (another MC's claim fences this one out)."""
+        hosted = 0
+        for meeting_id, generation, record in sorted(owned, key=lambda o: o[0]):
+            if self._registry.get(meeting_id) is not None or self._registry.pending(meeting_id):
+                continue
+            try:
+                reservation = self._registry.reserve(meeting_id)
+            except AtCapacity as e:
+                self.log.warn("at capacity ({resource}): {left} owned meetings not hosted again",
+                              mc_id=self._config.mc_id, resource=e.resource,
+                              left=len(owned) - hosted)
+                break
+            self._registry.commit(reservation, generation, mh_from_record(record))
+            hosted += 1
+        self.log.info("hosting {count} meetings again after a restart", mc_id=self._config.mc_id,
+                      count=hosted)
 
     # --- assignment -------------------------------------------------------
 

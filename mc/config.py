@@ -57,7 +57,9 @@ class Address:
 
 @dataclass(frozen=True)
 class RedisTarget:
-    """Where the fleet's Redis is; ``password`` is a Secret or None."""
+    """Where the fleet's Redis is; ``password`` is a Secret or None. Under
+    Sentinel, ``sentinels`` holds the sentinels' ``(host, port)`` (``host``
+    and ``port`` are the first of them) and ``service`` the primary's name."""
 
     scheme: str
     host: str
@@ -65,6 +67,8 @@ class RedisTarget:
     db: int
     password: Secret = field(default=None)
     username: str = None
+    sentinels: tuple = ()
+    service: str = None
 
     @property
     def tls(self):
@@ -74,6 +78,9 @@ class RedisTarget:
         auth = ":<redacted>@" if self.password is not None else ""
         if self.username:
             auth = f"{self.username}{auth or '@'}"
+        if self.sentinels:
+            hosts = ",".join(str(Address(h, p)) for h, p in self.sentinels)
+            return f"{self.scheme}://{auth}{hosts}/{self.service}/{self.db}"
         return f"{self.scheme}://{auth}{self.host}:{self.port}/{self.db}"
 
 
@@ -171,15 +178,50 @@ def _seconds(lo, hi):
     return parse
 
 
+SENTINEL_SCHEME = "redis+sentinel"
+_SERVICE_RE = re.compile(r"[A-Za-z0-9._-]{1,255}")
+_SENTINEL_RE = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+))(?::(\d{1,5}))?")
+
+
+def _parse_sentinel_url(option, value):
+    """``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]``;
+    the password is the data nodes', the sentinels' port defaults to 26379."""
+    rest = value[len(SENTINEL_SCHEME) + 3:]
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        username, _, password = userinfo.partition(":")
+    sentinels = []
+    for host in hosts.split(","):
+        m = _SENTINEL_RE.fullmatch(host)
+        if not m or int(m.group(3) or 26379) > 65535:
+            raise ConfigError(option, "sentinels must be host[:port], separated by commas")
+        sentinels.append((m.group(1) or m.group(2), int(m.group(3) or 26379)))
+    service, _, db = path.partition("/")
+    if not _SERVICE_RE.fullmatch(service):
+        raise ConfigError(option, "must name the primary: redis+sentinel://hosts/service[/db]")
+    if db and not db.isdigit():
+        raise ConfigError(option, f"database {db!r} is not an integer")
+    host, port = sentinels[0]
+    return RedisTarget(SENTINEL_SCHEME, host, port, int(db) if db else 0,
+                       Secret(password) if password else None, username or None,
+                       tuple(sentinels), service)
+
+
 def parse_redis_url(option, value):
-    """``redis://[[user]:password@]host[:port][/db]``; ``rediss://`` for TLS."""
+    """``redis://[[user]:password@]host[:port][/db]``; ``rediss://`` for TLS;
+    ``redis+sentinel://`` for a Sentinel-managed primary."""
+    if value.startswith(SENTINEL_SCHEME + "://"):
+        return _parse_sentinel_url(option, value)
     try:
         parts = urlsplit(value)
         port = parts.port or 6379
     except ValueError:
         raise ConfigError(option, "is not a valid redis:// URL") from None
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        raise ConfigError(option, "must look like redis://[:password@]host[:port][/db]")
+        raise ConfigError(option, "must look like redis://[:password@]host[:port][/db] or "
+                          "redis+sentinel://host[:port][,host[:port]...]/service[/db]")
     path = parts.path.lstrip("/")
     if path and not path.isdigit():
         raise ConfigError(option, f"database {path!r} is not an integer")
@@ -262,6 +304,10 @@ SETTINGS = (
             _seconds(1, 86400), "Seconds a meeting may have no participants before it ends"),
     Setting("lag_threshold", "MC_REACTOR_LAG_THRESHOLD", "lag-threshold", 0.5,
             _seconds(0.01, 60), "Reactor lag (seconds) above which health is DEGRADED"),
+    Setting("gc_deadline", "MC_GC_DEADLINE_SECONDS", "gc-deadline", 10.0, _seconds(0.1, 60),
+            "Seconds each call to the GC may take before it is abandoned"),
+    Setting("http_idle", "MC_HTTP_IDLE_SECONDS", "http-idle", 30.0, _seconds(0.1, 3600),
+            "Seconds an HTTP connection may stay silent before it is closed"),
     Setting("log_format", "MC_LOG_FORMAT", "log-format", "text", parse_choice("text", "json"),
             "Log format: text or json (one JSON object per line)"),
 )
@@ -293,6 +339,8 @@ class Config:
     shutdown_grace: float
     meeting_idle: float
     lag_threshold: float
+    gc_deadline: float
+    http_idle: float
     log_format: str
     service_token: Secret
     gc_tokens: tuple

@@ -22,12 +22,22 @@ def read_ca_file(path):
         return f.read()
 
 
+#: grpc's reconnect backoff grows to 120 s by default, and while it waits every
+#: call fails at once: a GC back from a restart would hear from us only then.
+#: Capped well below the fast-heartbeat interval, the next heartbeat reaches it.
+CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 500),
+)
+
+
 def make_channel(config):
     """A plaintext channel for http:// and a TLS one for https:// GC URLs."""
     if config.gc_tls:
         creds = grpc.ssl_channel_credentials(root_certificates=read_ca_file(config.gc_ca_file))
-        return grpc.secure_channel(config.gc_target, creds)
-    return grpc.insecure_channel(config.gc_target)
+        return grpc.secure_channel(config.gc_target, creds, options=CHANNEL_OPTIONS)
+    return grpc.insecure_channel(config.gc_target, options=CHANNEL_OPTIONS)
 
 
 @implementer(IGcClient)

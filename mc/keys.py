@@ -14,3 +14,10 @@ def mh_key(meeting_id):
 def state_key(meeting_id):
     """The owning MC's metadata hash (at least ``mc_id`` and ``generation``)."""
     return f"meeting:{meeting_id}:state"
+
+
+def meetings_index_key(mc_id):
+    """The set of meeting ids an MC claimed, for its restart recovery: the MC's
+    own key, not part of the shared contract. ``lua/_fence.lua`` builds the
+    same name from a state hash's ``mc_id``."""
+    return f"mc:{mc_id}:meetings"

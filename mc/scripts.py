@@ -36,5 +36,6 @@ CLAIM_AND_WRITE = _load("claim_and_write", _prelude)
 WRITE_ASSIGNMENT = _load("write_assignment", _prelude)
 WRITE_STATE = _load("write_state", _prelude)
 DELETE = _load("delete", _prelude)
+RECOVER = _load("recover", _prelude)
 
-ALL = (CLAIM, CLAIM_AND_WRITE, WRITE_ASSIGNMENT, WRITE_STATE, DELETE)
+ALL = (CLAIM, CLAIM_AND_WRITE, WRITE_ASSIGNMENT, WRITE_STATE, DELETE, RECOVER)

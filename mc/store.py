@@ -15,7 +15,7 @@ from zope.interface import implementer
 from mc import scripts
 from mc.errors import CorruptGeneration, FencedOut, StoreError, StoreUnavailable
 from mc.interfaces import IFencedStore
-from mc.keys import generation_key, mh_key, state_key
+from mc.keys import generation_key, meetings_index_key, mh_key, state_key
 
 #: The contract's ``meeting:<id>:mh`` fields, no more and no fewer.
 ASSIGNMENT_FIELDS = frozenset(
@@ -29,14 +29,9 @@ _GENERATION_RE = re.compile(r"0|[1-9][0-9]{0,14}")
 _UNAVAILABLE_REPLIES = ("LOADING", "READONLY", "MASTERDOWN", "BUSY", "NOAUTH", "TRYAGAIN")
 
 
-class _Factory(txredisapi.RedisFactory):
+class _PoolHooks:
     """Tells the store whenever a connection joins or leaves the pool, so that
     it can log the transitions as they happen."""
-
-    # hiredis parses replies in C, several times faster than txredisapi's
-    # line-by-line Python parser; txredisapi would silently fall back to the
-    # latter when hiredis does not import, so the choice is made explicit here.
-    protocol = txredisapi.HiredisProtocol
 
     def __init__(self, store, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -49,6 +44,19 @@ class _Factory(txredisapi.RedisFactory):
     def delConnection(self, conn):
         super().delConnection(conn)
         self._store._pool_changed()
+
+
+class _Factory(_PoolHooks, txredisapi.RedisFactory):
+    # hiredis parses replies in C, several times faster than txredisapi's
+    # line-by-line Python parser; txredisapi would silently fall back to the
+    # latter when hiredis does not import, so the choice is made explicit here.
+    protocol = txredisapi.HiredisProtocol
+
+
+class _SentinelFactory(_PoolHooks, txredisapi.SentinelConnectionFactory):
+    """Every connection attempt asks the sentinels for the current primary,
+    and a connection to a node that is not (or no longer) the primary is
+    dropped (txredisapi's Sentinel support; its protocol is hiredis's too)."""
 
 
 def _check_generation(generation):
@@ -88,37 +96,68 @@ class RedisFencedStore(Service):
 
     log = Logger()
 
-    def __init__(self, target, reactor, reply_timeout=5.0, pool_size=4, connect_timeout=5.0):
+    def __init__(self, target, reactor, reply_timeout=5.0, pool_size=4, connect_timeout=5.0,
+                 replica_timeout=1.0):
         self._target = target
         self._reactor = reactor
         self._reply_timeout = reply_timeout
         self._pool_size = pool_size
         self._connect_timeout = connect_timeout
+        self._replica_ms = max(1, int(replica_timeout * 1000))
+        self._sentinel = None
         self._factory = None
         self._was_connected = False
+        self._recovery = None  # (mc_id, host) until the start-up recovery is done
+        self._recovering = False
+        self._recovery_retry = None
 
     def __repr__(self):
         return f"<RedisFencedStore {self._target} connected={self.connected}>"
 
     @property
     def connected(self):
+        """A connection is up and the start-up recovery (if any) is done."""
+        return self._recovery is None and self._pool_up
+
+    @property
+    def _pool_up(self):
         return self._factory is not None and any(c.connected for c in self._factory.pool)
+
+    def recover_on_connect(self, mc_id, host):
+        """Once Redis first answers, and before the store reports itself
+        connected (so health stays UNHEALTHY and no assignment is taken), call
+        ``host([(meeting_id, generation, assignment), ...])`` with the meetings
+        ``mc_id`` still owns: its index names them, the state hash names
+        ``mc_id`` at the stored generation. Call before ``startService``."""
+        self._recovery = (mc_id, host)
 
     def startService(self):
         super().startService()
         t = self._target
         password = t.password.reveal() if t.password is not None else None
-        self._factory = _Factory(
-            self, f"{t.host}:{t.port}", t.db, self._pool_size, isLazy=True,
-            password=password, replyTimeout=self._reply_timeout,
-            # Raw strings back: a generation is parsed here, never guessed.
-            convertNumbers=False, username=t.username,
-        )
-        self._factory.reconnect = True
+        # Raw strings back: a generation is parsed here, never guessed.
+        options = dict(isLazy=True, password=password, replyTimeout=self._reply_timeout,
+                       convertNumbers=False, username=t.username)
+        if t.sentinels:
+            self._sentinel = txredisapi.Sentinel(list(t.sentinels),
+                                                 replyTimeout=self._reply_timeout)
+            # Asked again on every connection attempt: during a failover no
+            # sentinel names a healthy primary, and waiting 10 s for that is too long.
+            self._sentinel.discovery_timeout = 1.0
+            self._sentinel.master_for(t.service, factory_class=self._sentinel_factory,
+                                      dbid=t.db, poolsize=self._pool_size, **options)
+        else:
+            self._factory = _Factory(self, f"{t.host}:{t.port}", t.db, self._pool_size,
+                                     **options)
+            self._factory.reconnect = True
+            self._factory.startConnecting(self._endpoint())
         # Set up (AUTH, SELECT) refused: txredisapi stops reconnecting for good.
         self._factory.deferred.addErrback(self._setup_refused)
-        self._factory.startConnecting(self._endpoint())
         self.log.info("Redis store connecting to {target}", target=str(t))
+
+    def _sentinel_factory(self, **kwargs):
+        self._factory = _SentinelFactory(self, **kwargs)
+        return self._factory
 
     def _endpoint(self):
         # Built here rather than by txredisapi: its endpoint ignores the reactor
@@ -137,12 +176,19 @@ class RedisFencedStore(Service):
 
     def stopService(self):
         super().stopService()
+        if self._recovery_retry is not None and self._recovery_retry.active():
+            self._recovery_retry.cancel()
         factory, self._factory = self._factory, None
-        if factory is None:
-            return defer.succeed(None)
-        return factory.disconnect()
+        sentinel, self._sentinel = self._sentinel, None
+        stopped = [factory.disconnect()] if factory is not None else []
+        if sentinel is not None:
+            stopped.append(sentinel.disconnect())
+        d = defer.DeferredList(stopped, consumeErrors=True)
+        return d.addCallback(lambda _: None)
 
     def _pool_changed(self):
+        if self._recovery is not None and self._pool_up and not self._recovering:
+            self._recover()
         now = self.connected
         if now and not self._was_connected:
             self.log.info("Redis {target} connected", target=str(self._target))
@@ -151,19 +197,68 @@ class RedisFencedStore(Service):
                           target=str(self._target))
         self._was_connected = now
 
+    def _recover(self):
+        mc_id, host = self._recovery
+        self._recovering = True
+        d = self._run(self._evalsha(scripts.RECOVER, [meetings_index_key(mc_id)], [mc_id]))
+        d.addCallback(self._owned, mc_id)
+        d.addCallback(host)
+        d.addCallbacks(self._recovered, self._recovery_failed)
+
+    def _owned(self, reply, mc_id):
+        if reply[0] != scripts.OK:
+            raise StoreError(f"recovery of {mc_id}: unexpected script reply {reply[0]!r}")
+        owned, flat = [], reply[1]
+        for i in range(0, len(flat), 3):
+            meeting_id, generation, mh = flat[i:i + 3]
+            try:
+                assignment = json.loads(mh)
+            except ValueError:
+                assignment = None
+            if not isinstance(assignment, dict):
+                self.log.warn("meeting {meeting_id}: stored assignment is not a JSON object; "
+                              "not recovering it", mc_id=mc_id, meeting_id=meeting_id)
+                continue
+            owned.append((meeting_id, int(generation), assignment))
+        return owned
+
+    def _recovered(self, _):
+        self._recovering = False
+        self._recovery = None
+        self._pool_changed()
+
+    def _recovery_failed(self, failure):
+        self._recovering = False
+        if failure.check(StoreUnavailable):
+            # Retried on the next connection, or in a second if this one stays up.
+            self.log.warn("meeting recovery failed, retrying: {why}",
+                          why=failure.getErrorMessage())
+            self._recovery_retry = self._reactor.callLater(1.0, self._retry_recovery)
+            return
+        self.log.failure("meeting recovery failed; starting without it", failure=failure)
+        self._recovered(None)
+
+    def _retry_recovery(self):
+        self._recovery_retry = None
+        if self.running and self._recovery is not None and self._pool_up and \
+                not self._recovering:
+            self._recover()
+
     # The operations
 
     def ping(self):
         return self._call(lambda redis: redis.ping())
 
     def claim(self, meeting_id):
-        return self._eval(scripts.CLAIM, meeting_id, None, [generation_key(meeting_id)], [])
+        return self._eval(scripts.CLAIM, meeting_id, None, [generation_key(meeting_id)], [],
+                          durable=True)
 
     def claim_and_write(self, meeting_id, mc_id, assignment, state):
-        args = [_assignment_json(assignment), "mc_id", mc_id]
+        args = [_assignment_json(assignment), meeting_id, "mc_id", mc_id]
         args += _field_args(state, ("mc_id", "generation"))
-        keys = [generation_key(meeting_id), mh_key(meeting_id), state_key(meeting_id)]
-        return self._eval(scripts.CLAIM_AND_WRITE, meeting_id, None, keys, args)
+        keys = [generation_key(meeting_id), mh_key(meeting_id), state_key(meeting_id),
+                meetings_index_key(mc_id)]
+        return self._eval(scripts.CLAIM_AND_WRITE, meeting_id, None, keys, args, durable=True)
 
     def write_assignment(self, meeting_id, generation, assignment):
         args = [_check_generation(generation), _assignment_json(assignment)]
@@ -176,7 +271,7 @@ class RedisFencedStore(Service):
         return self._eval(scripts.WRITE_STATE, meeting_id, generation, keys, args)
 
     def delete(self, meeting_id, generation):
-        args = [_check_generation(generation)]
+        args = [_check_generation(generation), meeting_id]
         keys = [generation_key(meeting_id), mh_key(meeting_id), state_key(meeting_id)]
         return self._eval(scripts.DELETE, meeting_id, generation, keys, args)
 
@@ -210,6 +305,9 @@ class RedisFencedStore(Service):
         with connection failures turned into StoreUnavailable."""
         if not self.connected:
             return defer.fail(StoreUnavailable(f"Redis {self._target} is not connected"))
+        return self._run(operation)
+
+    def _run(self, operation):
         d = defer.maybeDeferred(operation, self._factory.handler)
         d.addTimeout(self._reply_timeout, self._reactor)
         return d.addErrback(self._unavailable)
@@ -224,7 +322,39 @@ class RedisFencedStore(Service):
             raise error(f"Redis {self._target}: {reply}") from None
         return failure
 
-    def _eval(self, script, meeting_id, generation, keys, args):
+    def _eval(self, script, meeting_id, generation, keys, args, durable=False):
+        operation = self._evalsha(script, keys, args)
+        if durable:
+            operation = self._durable(operation, meeting_id)
+        d = self._call(operation)
+        return d.addCallback(self._verdict, meeting_id, generation)
+
+    def _durable(self, operation, meeting_id):
+        """``operation`` (a claim, replying ``{'ok', generation, replicas}``)
+        followed, when the primary has replicas, by ``WAIT 1`` on the same
+        connection: a claim that no replica holds could vanish in a failover
+        and its generation be handed out again, so it counts as failed."""
+        def run(redis):
+            d = self._factory.getConnection(peek=True)
+            return d.addCallback(lambda conn: operation(conn).addCallback(wait, conn))
+
+        def wait(reply, conn):
+            if reply[0] != scripts.OK or int(reply[2]) == 0:
+                return reply
+            d = conn.execute_command("WAIT", 1, self._replica_ms)
+            return d.addCallback(acknowledged, reply)
+
+        def acknowledged(replicas, reply):
+            if int(replicas) < 1:
+                raise StoreUnavailable(
+                    f"Redis {self._target}: the claim of meeting {meeting_id} reached no "
+                    f"replica within {self._replica_ms} ms")
+            return reply
+
+        return run
+
+    def _evalsha(self, script, keys, args):
+        """The operation that runs ``script``, loading it once if Redis lost it."""
         def run(redis):
             d = redis.evalsha(script.sha, keys, args)
             d.addErrback(reload, redis)
@@ -237,8 +367,7 @@ class RedisFencedStore(Service):
             d = redis.script_load(script.source)
             return d.addCallback(lambda _: redis.evalsha(script.sha, keys, args))
 
-        d = self._call(run)
-        return d.addCallback(self._verdict, meeting_id, generation)
+        return run
 
     @staticmethod
     def _verdict(reply, meeting_id, generation):

@@ -54,17 +54,19 @@ def build_tree(config, reactor):
         config.max_meetings, config.max_participants, config.participant_estimate, reactor)
     root.health = health = Health(lambda: store.connected, config.lag_threshold)
     root.monitor = HealthMonitor(health, SystemProbe(), reactor, on_lag=metrics.observe_lag)
-    root.gc_client = gc_client = GrpcGcClient(config, reactor)
+    root.gc_client = gc_client = GrpcGcClient(config, reactor, deadline=config.gc_deadline)
     root.liaison = liaison = GcLiaison(config, gc_client, registry, health, reactor, metrics)
     root.assignment = assignment = AssignmentService(
         config, store, registry, health, gc_client, reactor, metrics,
         ownership_interval=lambda: liaison.comprehensive_interval)
+    # A restarted MC hosts its meetings again before it first reports healthy.
+    store.recover_on_connect(config.mc_id, assignment.recovered)
     token_check = AllowAll() if config.insecure_no_auth else TokenCheck(config.gc_tokens)
     root.grpc = GrpcServerService(config.grpc_listen, assignment, token_check, reactor)
     # HTTP first: a bind failure stops start-up before anything else runs, and
     # /readyz keeps answering "draining" until the very end of a shutdown.
     root.http = HealthHttpService(config.health_listen, health, registry, liaison, metrics,
-                                  reactor)
+                                  reactor, idle_timeout=config.http_idle)
     root.lifecycle = Lifecycle(config, reactor, health, registry, liaison, root.grpc)
 
     for service in (root.http, store, root.monitor, assignment, root.grpc, liaison,

@@ -1,4 +1,5 @@
-"""Fixtures around a real redis-server and RedisFencedStore on the real reactor."""
+"""Fixtures around a real redis-server, RedisFencedStore on the real reactor,
+the fake GC and ``twistd mc`` subprocesses."""
 
 import shutil
 
@@ -8,6 +9,8 @@ from twisted.internet import defer, reactor
 
 from mc.config import parse_redis_url
 from mc.store import RedisFencedStore
+from mc.testing.daemon import McProcess
+from mc.testing.fakegc import FakeGc
 from mc.testing.redisproc import RedisProcess
 from tests.helpers import wait_until
 
@@ -32,18 +35,55 @@ def redis(redis_server):
 
 @pytest_twisted.async_yield_fixture
 async def make_store(redis):
-    """``await make_store(url=None, **kw)``: a started, connected store; all
-    of them are stopped at teardown."""
+    """``await make_store(url=None, start=True, **kw)``: a started, connected
+    store (with ``start=False`` one not started yet); all of them are stopped
+    at teardown."""
     stores = []
 
-    async def make(url=None, **kw):
+    async def make(url=None, start=True, **kw):
         store = RedisFencedStore(parse_redis_url("REDIS_URL", url or redis.url), reactor, **kw)
         stores.append(store)
-        store.startService()
-        await wait_until(lambda: store.connected, timeout=10, what=f"{store!r} to connect")
+        if start:
+            store.startService()
+            await wait_until(lambda: store.connected, timeout=10, what=f"{store!r} to connect")
         return store
 
     yield lambda url=None, **kw: defer.ensureDeferred(make(url, **kw))
     for store in stores:
         if store.running:
             await store.stopService()
+
+
+E2E_SERVICE_TOKEN = "e2e-service-token-Q7"
+E2E_GC_TOKEN = "e2e-gc-token-W3"
+
+
+@pytest.fixture
+def fake_gc():
+    """A started FakeGc asking for 1 s / 3 s heartbeats."""
+    gc = FakeGc(E2E_SERVICE_TOKEN)
+    gc.set_intervals(1000, 3000)
+    gc.start()
+    yield gc
+    gc.stop()
+
+
+@pytest.fixture
+def mc_procs(tmp_path, redis, fake_gc):
+    """``mc_procs(mc_id=..., env=..., redis_url=...)``: a started ``twistd mc``
+    subprocess against ``redis`` and ``fake_gc``, each in its own directory;
+    all of them are stopped at teardown."""
+    started = []
+
+    def start(mc_id="mc-e2e-1", env=None, redis_url=None, **kw):
+        workdir = tmp_path / f"{mc_id}-{len(started)}"
+        workdir.mkdir()
+        env = {"MC_SHUTDOWN_GRACE_SECONDS": "1", **(env or {})}
+        mc = McProcess(workdir, fake_gc.url, redis_url or redis.url, E2E_SERVICE_TOKEN,
+                       E2E_GC_TOKEN, mc_id=mc_id, env=env, **kw)
+        started.append(mc.start())
+        return mc
+
+    yield start
+    for mc in started:
+        mc.stop()

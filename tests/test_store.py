@@ -35,7 +35,10 @@ def snapshot(redis):
     out = {}
     for key in redis.command("KEYS", "*"):
         kind = redis.command("TYPE", key)
-        out[key] = redis.hgetall(key) if kind == "hash" else redis.command("GET", key)
+        if kind == "set":
+            out[key] = sorted(redis.command("SMEMBERS", key))
+        else:
+            out[key] = redis.hgetall(key) if kind == "hash" else redis.command("GET", key)
     return out
 
 
@@ -106,7 +109,7 @@ async def test_fenced_delete_keeps_the_generation(redis, make_store):
     assert redis.command("EXISTS", mh_key(M), state_key(M)) == 2
 
     assert await store.delete(M, generation) == generation
-    assert snapshot(redis) == {generation_key(M): str(generation)}
+    assert snapshot(redis) == {generation_key(M): str(generation)}, "unindexed too"
     assert await store.read_assignment(M) is None
     assert await store.claim(M) == generation + 1, "generations never go backwards"
 
@@ -119,8 +122,9 @@ async def test_claim_and_write_writes_exactly_the_contract_layout(redis, make_st
 
     assert await store.claim_and_write(M, "mc-1", ASSIGNMENT, {"region": "eu", "n": 0}) == 8
     assert sorted(redis.command("KEYS", "*")) == sorted(
-        ["meeting:meeting-1:generation", "meeting:meeting-1:mh", "meeting:meeting-1:state"]
-    )
+        ["meeting:meeting-1:generation", "meeting:meeting-1:mh", "meeting:meeting-1:state",
+         "mc:mc-1:meetings"]
+    ), "the contract's keys plus the MC's own recovery index"
     assert redis.command("GET", "meeting:meeting-1:generation") == "8"
     assert redis.command("GET", "meeting:meeting-1:mh") == (
         '{"primary_mh_id":"mh-a","primary_endpoint":"https://mh-a.example:4433",'

@@ -51,3 +51,23 @@ local function hset_fields(key, first, generation)
   args[#args + 1] = generation
   redis.call(unpack(args))
 end
+
+-- The restart-recovery index of an MC (mc/keys.py: meetings_index_key).
+local function index_key(mc_id)
+  return 'mc:' .. mc_id .. ':meetings'
+end
+
+-- Drop the meeting from the index of the MC its state hash names, if any.
+local function unindex(state_key, meeting_id)
+  local owner = redis.call('HGET', state_key, 'mc_id')
+  if owner then
+    redis.call('SREM', index_key(owner), meeting_id)
+  end
+end
+
+-- Replicas connected to this primary: a claim answered with more than none is
+-- made durable on one of them (WAIT, which cannot run in a script) by the store.
+local function replicas()
+  local info = redis.call('INFO', 'replication')
+  return tonumber(string.match(info, 'connected_slaves:(%d+)')) or 0
+end

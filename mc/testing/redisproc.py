@@ -55,13 +55,16 @@ def _read_reply(f):
 
 
 class RedisProcess:
-    """``redis-server`` on 127.0.0.1 without persistence; ``password`` turns
-    on ``--requirepass`` (and goes into ``url``)."""
+    """``redis-server`` on 127.0.0.1 without persistence, unless ``persist``:
+    then every write is in an fsynced append-only file, so that a restart,
+    even after SIGKILL, comes back with the same data. ``password`` turns on
+    ``--requirepass`` (and goes into ``url``)."""
 
     def __init__(self, port=None, dir=None, args=(), password=None,
-                 executable="redis-server"):
+                 executable="redis-server", persist=False):
         self.port = port or free_port()
         self.password = password
+        self.persist = persist
         self._args = tuple(args)
         self._executable = executable
         self._tmp = None if dir else tempfile.TemporaryDirectory(prefix="mc-redis-")
@@ -85,13 +88,7 @@ class RedisProcess:
         """Start the server (again, on the same port) and wait until it answers PING."""
         if self.running:
             raise RuntimeError(f"{self!r} is already running")
-        argv = [
-            self._executable, "--save", "", "--appendonly", "no",
-            "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-        ]
-        if self.password:
-            argv += ["--requirepass", self.password]
-        argv += self._args
+        argv = self._argv()
         self._log = open(os.path.join(self.dir, "redis.log"), "ab")  # noqa: SIM115
         self._proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL)
@@ -111,6 +108,17 @@ class RedisProcess:
                 raise RuntimeError(f"redis-server did not answer PING within {timeout}s: "
                                    f"{self._log_tail()}")
             time.sleep(0.02)
+
+    def _argv(self):
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else \
+            ["--appendonly", "no"]
+        argv = [
+            self._executable, "--save", "", *aof,
+            "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+        ]
+        if self.password:
+            argv += ["--requirepass", self.password]
+        return argv + list(self._args)
 
     def stop(self, timeout=STOP_TIMEOUT):
         """SIGTERM, then SIGKILL if it has not exited by the deadline."""
@@ -181,3 +189,27 @@ class RedisProcess:
                 return f.read()[-2000:].decode("utf-8", "replace")
         except OSError:
             return ""
+
+
+class SentinelProcess(RedisProcess):
+    """``redis-server --sentinel`` on 127.0.0.1 watching ``primary`` (a
+    RedisProcess) as ``service``, with short timeouts so that a failover
+    takes a couple of seconds; its config file is its own (Sentinel rewrites it)."""
+
+    def __init__(self, primary, service="mymaster", quorum=2, down_after_ms=500,
+                 failover_timeout_ms=2000, port=None):
+        super().__init__(port=port, executable="redis-server")
+        self.service = service
+        with open(os.path.join(self.dir, "sentinel.conf"), "w") as f:
+            f.write(f"sentinel monitor {service} 127.0.0.1 {primary.port} {quorum}\n"
+                    f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+                    f"sentinel failover-timeout {service} {failover_timeout_ms}\n"
+                    f"sentinel parallel-syncs {service} 1\n")
+
+    def _argv(self):
+        return [self._executable, os.path.join(self.dir, "sentinel.conf"), "--sentinel",
+                "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir]
+
+    def primary_port(self):
+        """The port of the primary this sentinel names now."""
+        return int(self.command("SENTINEL", "get-master-addr-by-name", self.service)[1])

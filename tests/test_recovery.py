@@ -1,0 +1,114 @@
+"""Restart recovery: the MC's index of its meetings in Redis, kept by the Lua
+scripts, and a restarted MC hosting again the meetings it still owns."""
+
+import signal
+
+import pytest_twisted
+from twisted.internet import reactor
+
+from mc import scripts
+from mc.assignment import AssignmentService
+from mc.health import Health
+from mc.keys import generation_key, meetings_index_key, state_key
+from mc.meetings import MeetingRegistry
+from mc.metrics import Metrics
+from mc.proto import gc_mc_pb2 as pb
+from mc.testing.daemon import wait_for
+from mc.testing.doubles import ScriptedGcClient
+from mc.testing.fakegc import assign_meeting
+from tests.configs import make_config
+from tests.conftest import E2E_GC_TOKEN
+from tests.helpers import wait_until
+
+MH = [("mh-1", "https://mh-1.example:4433", "MH_ROLE_PRIMARY"),
+      ("mh-2", "https://mh-2.example:4433", "MH_ROLE_BACKUP")]
+RECORD = {"primary_mh_id": "mh-1", "primary_endpoint": "https://mh-1.example:4433",
+          "backup_mh_id": "mh-2", "backup_endpoint": "https://mh-2.example:4433",
+          "assigned_at": 1700000000}
+
+
+def index(redis, mc_id):
+    return sorted(redis.command("SMEMBERS", meetings_index_key(mc_id)))
+
+
+def claim_as(redis, meeting_id, mc_id):
+    """Another MC's accept, through the real script, from a blocking test."""
+    keys = [generation_key(meeting_id), f"meeting:{meeting_id}:mh", state_key(meeting_id),
+            meetings_index_key(mc_id)]
+    args = ['{"primary_mh_id":"mh-9"}', meeting_id, "mc_id", mc_id]
+    reply = redis.command("EVAL", scripts.CLAIM_AND_WRITE.source, len(keys), *keys, *args)
+    return reply[1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_index_follows_ownership_atomically(redis, make_store):
+    store = await make_store()
+    assert await store.claim_and_write("m1", "mc-a", RECORD, {}) == 1
+    assert index(redis, "mc-a") == ["m1"]
+    assert await store.claim_and_write("m1", "mc-b", RECORD, {}) == 2
+    assert index(redis, "mc-a") == [] and index(redis, "mc-b") == ["m1"]
+    assert await store.claim_and_write("m1", "mc-b", RECORD, {}) == 3
+    assert index(redis, "mc-b") == ["m1"]
+    assert await store.delete("m1", 3) == 3
+    assert index(redis, "mc-b") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_recovery_hands_over_only_owned_meetings_before_reporting_connected(
+        redis, make_store):
+    writer = await make_store()
+    for m in ("m1", "m2", "m3", "m4"):
+        await writer.claim_and_write(m, "mc-a", RECORD, {})
+    await writer.claim_and_write("m2", "mc-b", RECORD, {})  # taken by another MC
+    await writer.claim("m3")  # a claim in flight elsewhere: the generation moved on
+    redis.command("SADD", meetings_index_key("mc-a"), "m5")  # no keys at all
+    redis.command("SET", "meeting:m4:mh", "not json")
+
+    seen = []
+    store = await make_store(start=False)
+    store.recover_on_connect("mc-a", lambda owned: seen.append((owned, store.connected)))
+    store.startService()
+    await wait_until(lambda: store.connected, timeout=10, what="recovery")
+    assert seen == [([("m1", 1, RECORD)], False)], "handed over before 'connected'"
+    assert index(redis, "mc-a") == ["m1", "m4"], "m4 stays: it is ours, only unreadable"
+    assert index(redis, "mc-b") == ["m2"]
+    assert redis.hgetall(state_key("m2"))["mc_id"] == "mc-b", "others' keys left alone"
+
+
+def test_recovered_meetings_respect_capacity():
+    config = make_config(max_meetings=2)
+    registry = MeetingRegistry(2, 10000, 10, reactor)
+    service = AssignmentService(config, None, registry, Health(lambda: True, 0.5),
+                                ScriptedGcClient(), reactor, Metrics(), lambda: 30.0)
+    service.recovered([(f"m{i}", i, RECORD) for i in (3, 1, 2)])
+    assert service.hosted() == {"m1", "m2"}
+    m = registry.get("m2")
+    assert m.generation == 2 and m.mh_assignments == tuple(MH)
+
+
+def test_a_killed_mc_restarted_with_its_id_hosts_its_meetings_again(mc_procs, fake_gc, redis):
+    first = mc_procs(env={"MC_MAX_MEETINGS": "3"})
+    wait_for(first.ready, 20, what="first MC ready")
+    for m in ("r1", "r2", "r3"):
+        assert assign_meeting(first.grpc_target, m, MH, E2E_GC_TOKEN).accepted
+    first.signal(signal.SIGKILL)
+    wait_for(lambda: not first.alive(), 10, what="SIGKILL")
+    assert claim_as(redis, "r2", "mc-other") == 2  # the GC moved r2 meanwhile
+
+    fake_gc.clear()
+    second = mc_procs(env={"MC_MAX_MEETINGS": "3"})
+    wait_for(second.ready, 20, what="restarted MC ready")
+    fake_gc.wait_for(lambda: [h for h in fake_gc.heartbeats("fast") if h.status == "OK"
+                              and h.request.health == pb.HEALTHY], timeout=10)
+    healthy = [h.request.capacity.current_meetings for h in fake_gc.heartbeats("fast")
+               if h.request.health == pb.HEALTHY]
+    assert healthy and set(healthy) == {2}, "healthy only once it hosts them again"
+    assert second.metric("mc_meetings_current") == 2.0
+
+    r = assign_meeting(second.grpc_target, "r1", MH, E2E_GC_TOKEN)
+    assert r.accepted
+    assert redis.command("GET", generation_key("r1")) == "1", "re-assignment keeps it"
+    assert redis.hgetall(state_key("r2"))["mc_id"] == "mc-other"
+    assert redis.command("GET", generation_key("r2")) == "2"
+    assert index(redis, "mc-e2e-1") == ["r1", "r3"]
+    assert "hosting 2 meetings again" in second.log()
