@@ -18,7 +18,7 @@ from tests.helpers import wait_until
 @pytest.fixture(scope="session")
 def redis_server():
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+        pytest.fail("redis-server is not installed (make test installs it)")
     server = RedisProcess().start()
     yield server
     server.cleanup()

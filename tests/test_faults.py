@@ -79,7 +79,7 @@ def unhealthy(outcome):
 def durable_redis():
     """A redis-server of its own whose data survive SIGKILL and restart."""
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+        pytest.fail("redis-server is not installed (make test installs it)")
     server = RedisProcess(persist=True).start()
     yield server
     server.cleanup()

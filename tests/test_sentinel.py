@@ -69,7 +69,7 @@ class Ha:
 @pytest.fixture
 def ha():
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+        pytest.fail("redis-server is not installed (make test installs it)")
     cluster = Ha()
     yield cluster
     cluster.cleanup()
