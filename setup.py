@@ -34,7 +34,7 @@ setup(
             # Self-signed certificates for the TLS tests.
             "cryptography",
         ],
-        "bench": ["redis>=5", "pyinstrument"],
+        "bench": ["redis>=5", "pyinstrument", "py-spy"],
     },
     zip_safe=False,
 )
