@@ -38,7 +38,7 @@ from mc.config import Secret  # noqa: E402
 from mc.meetings import AtCapacity, MeetingRegistry  # noqa: E402
 from mc.proto import gc_mc_pb2 as pb  # noqa: E402
 from mc.proto import gc_mc_pb2_grpc  # noqa: E402
-from mc.store import RedisFencedStore  # noqa: E402
+from mc.store import RedisFencedStore, claim_and_write_call  # noqa: E402
 
 MAX_MESSAGE_BYTES = 64 * 1024
 ACCEPTED = pb.AssignMeetingWithMhResponse(accepted=True)
@@ -117,15 +117,15 @@ class Baseline(gc_mc_pb2_grpc.MeetingControllerServiceServicer):
         if hosted is not None:
             return self._reassert(hosted, record, state)
         try:
-            reply = self._eval(*RedisFencedStore.claim_and_write(
-                _CALL, meeting_id, self._mc_id, record, state))
+            reply = self._eval(scripts.CLAIM_AND_WRITE,
+                               *claim_and_write_call(meeting_id, self._mc_id, record, state))
         except redis.RedisError:
             reply = None
         with self._lock:
-            if not reply or reply[0] != scripts.OK:
+            if not reply or reply[0] != scripts.OK or reply[1][0] != scripts.OK:
                 self._registry.release(reservation)
                 return UNHEALTHY
-            self._registry.commit(reservation, int(reply[1]), mh)
+            self._registry.commit(reservation, int(reply[1][1]), mh)
         return ACCEPTED
 
     def _reassert(self, m, record, state):

@@ -48,6 +48,8 @@ CAPACITY_ENV = {"MC_MAX_MEETINGS": "100000000", "MC_MAX_PARTICIPANTS": "20000000
 #: tens of thousands of meetings a run leaves behind, which the baseline
 #: never does. The accept path is what is measured.
 COMPREHENSIVE_MS = 3_600_000
+#: py-spy output formats by the --profile file's suffix (.txt: collapsed stacks).
+PROFILE_FORMATS = {".json": "speedscope", ".svg": "flamegraph", ".txt": "raw"}
 
 TARGETS = {"calls_ratio": 1.5, "heartbeat_late_ms": 100.0, "lag_p99_ms": 50.0,
            "rss_per_meeting_bytes": 2048}
@@ -179,8 +181,8 @@ def throughput(args, workdir, redis, gc, results):
                         profiler = subprocess.Popen(
                             [str(Path(sys.executable).parent / "py-spy"), "record", "-p",
                              str(mc.pid), "-d", str(int(args.duration + args.warmup)),
-                             "-o", args.profile, "-f", "speedscope" if
-                             args.profile.endswith(".json") else "flamegraph", "--nonblocking"],
+                             "-o", args.profile, "-f", PROFILE_FORMATS.get(
+                                 Path(args.profile).suffix, "flamegraph"), "--nonblocking"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 started = time.monotonic() + args.warmup
                 cpu_before = psutil.Process(mc.pid if name == "mc" else baseline.pid).cpu_times()
@@ -336,7 +338,7 @@ def main(argv=None):
     parser.add_argument("--meetings", type=int, default=10_000,
                         help="meetings per step of the memory probe (default 10000)")
     parser.add_argument("--profile", help="py-spy the MC during the full-load run into this "
-                        "file (.svg flame graph, .json speedscope)")
+                        "file (.svg flame graph, .json speedscope, .txt collapsed stacks)")
     parser.add_argument("--json", help="write every figure to this file")
     args = parser.parse_args(argv)
     if not 0 < args.duration <= 120:

@@ -78,6 +78,21 @@ def _field_args(fields, reserved):
     return args
 
 
+#: Most meetings claimed by one script call; a batch goes out at the end of the
+#: reactor turn in which its first claim arrived, or as soon as it is this full.
+MAX_CLAIM_BATCH = 64
+
+
+def claim_and_write_call(meeting_id, mc_id, assignment, state):
+    """The keys and arguments that one meeting adds to a CLAIM_AND_WRITE call
+    (see lua/claim_and_write.lua); a call of one meeting is a batch of one."""
+    values = [_assignment_json(assignment), meeting_id, "mc_id", mc_id]
+    values += _field_args(state, ("mc_id", "generation"))
+    keys = [generation_key(meeting_id), mh_key(meeting_id), state_key(meeting_id),
+            meetings_index_key(mc_id)]
+    return keys, [len(values), *values]
+
+
 def _assignment_json(assignment):
     if set(assignment) != ASSIGNMENT_FIELDS:
         raise ValueError(f"assignment fields must be exactly {sorted(ASSIGNMENT_FIELDS)}")
@@ -92,6 +107,10 @@ class RedisFencedStore(Service):
     up, every operation fails at once with StoreUnavailable (txredisapi would
     queue it until a connection appears, however long that takes), and every
     operation is bounded by ``reply_timeout`` as a whole.
+
+    Claims that arrive in one reactor turn go to Redis as one script call:
+    under load that turns many round trips, reply parses and Deferred chains
+    into one, and each meeting's claim is still atomic on its own.
     """
 
     log = Logger()
@@ -110,6 +129,9 @@ class RedisFencedStore(Service):
         self._recovery = None  # (mc_id, host) until the start-up recovery is done
         self._recovering = False
         self._recovery_retry = None
+        self._up = False
+        self._batch = []
+        self._flush_call = None
 
     def __repr__(self):
         return f"<RedisFencedStore {self._target} connected={self.connected}>"
@@ -117,7 +139,7 @@ class RedisFencedStore(Service):
     @property
     def connected(self):
         """A connection is up and the start-up recovery (if any) is done."""
-        return self._recovery is None and self._pool_up
+        return self._up and self._recovery is None
 
     @property
     def _pool_up(self):
@@ -178,6 +200,7 @@ class RedisFencedStore(Service):
         super().stopService()
         if self._recovery_retry is not None and self._recovery_retry.active():
             self._recovery_retry.cancel()
+        self._flush()
         factory, self._factory = self._factory, None
         sentinel, self._sentinel = self._sentinel, None
         stopped = [factory.disconnect()] if factory is not None else []
@@ -187,6 +210,7 @@ class RedisFencedStore(Service):
         return d.addCallback(lambda _: None)
 
     def _pool_changed(self):
+        self._up = self._pool_up
         if self._recovery is not None and self._pool_up and not self._recovering:
             self._recover()
         now = self.connected
@@ -254,11 +278,54 @@ class RedisFencedStore(Service):
                           durable=True)
 
     def claim_and_write(self, meeting_id, mc_id, assignment, state):
-        args = [_assignment_json(assignment), meeting_id, "mc_id", mc_id]
-        args += _field_args(state, ("mc_id", "generation"))
-        keys = [generation_key(meeting_id), mh_key(meeting_id), state_key(meeting_id),
-                meetings_index_key(mc_id)]
-        return self._eval(scripts.CLAIM_AND_WRITE, meeting_id, None, keys, args, durable=True)
+        keys, args = claim_and_write_call(meeting_id, mc_id, assignment, state)
+        if not self.connected:
+            return defer.fail(StoreUnavailable(f"Redis {self._target} is not connected"))
+        d = defer.Deferred()
+        self._batch.append((meeting_id, keys, args, d))
+        if len(self._batch) >= MAX_CLAIM_BATCH:
+            self._flush()
+        elif self._flush_call is None:
+            self._flush_call = self._reactor.callLater(0, self._flush)
+        return d
+
+    def _flush(self):
+        """Send the claims batched so far as one durable script call and hand
+        each caller its own result."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        batch, self._batch = self._batch, []
+        if not batch:
+            return
+        keys = [k for _, ks, _, _ in batch for k in ks]
+        args = [a for _, _, as_, _ in batch for a in as_]
+        what = f"meeting {batch[0][0]}" if len(batch) == 1 else f"{len(batch)} meetings"
+        d = self._call(self._durable(self._evalsha(scripts.CLAIM_AND_WRITE, keys, args), what))
+        d.addCallbacks(self._claimed, self._claims_failed, callbackArgs=(batch,),
+                       errbackArgs=(batch,))
+
+    @staticmethod
+    def _claimed(reply, batch):
+        status, results = reply[0], reply[1] if len(reply) > 1 else None
+        for i, (meeting_id, _, _, d) in enumerate(batch):
+            if d.called:
+                continue  # its caller stopped waiting
+            if status != scripts.OK or not isinstance(results, list):
+                d.errback(StoreError(f"meeting {meeting_id}: unexpected script reply {reply!r}"))
+            elif results[2 * i] == scripts.OK:
+                d.callback(int(results[2 * i + 1]))
+            elif results[2 * i] == scripts.CORRUPT:
+                d.errback(CorruptGeneration(meeting_id))
+            else:
+                d.errback(StoreError(f"meeting {meeting_id}: unexpected claim result "
+                                     f"{results[2 * i]!r}"))
+
+    @staticmethod
+    def _claims_failed(failure, batch):
+        for _, _, _, d in batch:
+            if not d.called:
+                d.errback(failure.value)
 
     def write_assignment(self, meeting_id, generation, assignment):
         args = [_check_generation(generation), _assignment_json(assignment)]
@@ -325,12 +392,12 @@ class RedisFencedStore(Service):
     def _eval(self, script, meeting_id, generation, keys, args, durable=False):
         operation = self._evalsha(script, keys, args)
         if durable:
-            operation = self._durable(operation, meeting_id)
+            operation = self._durable(operation, f"meeting {meeting_id}")
         d = self._call(operation)
         return d.addCallback(self._verdict, meeting_id, generation)
 
-    def _durable(self, operation, meeting_id):
-        """``operation`` (a claim, replying ``{'ok', generation, replicas}``)
+    def _durable(self, operation, what):
+        """``operation`` (a claim, replying ``{'ok', result, replicas}``)
         followed, when the primary has replicas, by ``WAIT 1`` on the same
         connection: a claim that no replica holds could vanish in a failover
         and its generation be handed out again, so it counts as failed."""
@@ -347,7 +414,7 @@ class RedisFencedStore(Service):
         def acknowledged(replicas, reply):
             if int(replicas) < 1:
                 raise StoreUnavailable(
-                    f"Redis {self._target}: the claim of meeting {meeting_id} reached no "
+                    f"Redis {self._target}: the claim of {what} reached no "
                     f"replica within {self._replica_ms} ms")
             return reply
 

@@ -13,6 +13,7 @@ from mc.keys import generation_key, meetings_index_key, state_key
 from mc.meetings import MeetingRegistry
 from mc.metrics import Metrics
 from mc.proto import gc_mc_pb2 as pb
+from mc.store import claim_and_write_call
 from mc.testing.daemon import wait_for
 from mc.testing.doubles import ScriptedGcClient
 from mc.testing.fakegc import assign_meeting
@@ -33,11 +34,10 @@ def index(redis, mc_id):
 
 def claim_as(redis, meeting_id, mc_id):
     """Another MC's accept, through the real script, from a blocking test."""
-    keys = [generation_key(meeting_id), f"meeting:{meeting_id}:mh", state_key(meeting_id),
-            meetings_index_key(mc_id)]
-    args = ['{"primary_mh_id":"mh-9"}', meeting_id, "mc_id", mc_id]
+    keys, args = claim_and_write_call(meeting_id, mc_id, RECORD, {})
     reply = redis.command("EVAL", scripts.CLAIM_AND_WRITE.source, len(keys), *keys, *args)
-    return reply[1]
+    assert reply[1][0] == scripts.OK
+    return reply[1][1]
 
 
 @pytest_twisted.ensureDeferred

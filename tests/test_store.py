@@ -14,7 +14,7 @@ from mc.config import parse_redis_url
 from mc.errors import CorruptGeneration, FencedOut, StoreError, StoreUnavailable
 from mc.interfaces import IFencedStore
 from mc.keys import generation_key, mh_key, state_key
-from mc.store import RedisFencedStore
+from mc.store import MAX_CLAIM_BATCH, RedisFencedStore
 from mc.testing.redisproc import RedisProcess
 from tests.helpers import wait_until
 
@@ -312,3 +312,72 @@ async def make_store_refused(url):
         globalLogPublisher.removeObserver(observer)
     assert not store.connected
     return store
+
+
+def evalsha_calls(redis):
+    stats = redis.command("INFO", "commandstats")
+    for line in stats.splitlines():
+        if line.startswith("cmdstat_evalsha:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_claims_of_one_reactor_turn_go_as_one_script_call(redis, make_store):
+    store = await make_store()
+    await store.claim_and_write("warm-up", "mc-1", ASSIGNMENT, {})
+    before = evalsha_calls(redis)
+    ids = [f"batch-{i}" for i in range(10)]
+    generations = await defer.gatherResults(
+        [store.claim_and_write(m, "mc-1", ASSIGNMENT, {"n": i}) for i, m in enumerate(ids)])
+    assert generations == [1] * 10
+    assert evalsha_calls(redis) == before + 1
+    for i, m in enumerate(ids):
+        assert redis.hgetall(state_key(m)) == {"mc_id": "mc-1", "n": str(i), "generation": "1"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_batch_goes_at_once_and_the_rest_follows(redis, make_store):
+    store = await make_store()
+    await store.claim_and_write("warm-up", "mc-1", ASSIGNMENT, {})
+    before = evalsha_calls(redis)
+    n = MAX_CLAIM_BATCH + 3
+    generations = await defer.gatherResults(
+        [store.claim_and_write(f"full-{i}", "mc-1", ASSIGNMENT, {}) for i in range(n)])
+    assert generations == [1] * n
+    assert evalsha_calls(redis) == before + 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_corrupt_meeting_in_a_batch_fails_alone(redis, make_store):
+    store = await make_store()
+    redis.command("SET", generation_key("bad"), "not-a-number")
+    good = store.claim_and_write("good", "mc-1", ASSIGNMENT, {})
+    bad = store.claim_and_write("bad", "mc-1", ASSIGNMENT, {})
+    assert await good == 1
+    await failure_of(bad, CorruptGeneration)
+    assert redis.command("GET", generation_key("bad")) == "not-a-number"
+    assert redis.command("EXISTS", mh_key("bad")) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_caller_that_stops_waiting_leaves_the_batch_alone(redis, make_store):
+    store = await make_store()
+    gone = store.claim_and_write("gone", "mc-1", ASSIGNMENT, {})
+    kept = store.claim_and_write("kept", "mc-1", ASSIGNMENT, {})
+    gone.cancel()
+    await failure_of(gone, defer.CancelledError)
+    assert await kept == 1
+    await wait_until(lambda: redis.command("GET", generation_key("gone")) == "1", timeout=5)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_batch_fails_every_caller(redis, make_store):
+    store = await make_store(reply_timeout=0.3)
+    redis.pause()
+    try:
+        claims = [store.claim_and_write(f"hung-{i}", "mc-1", ASSIGNMENT, {}) for i in range(3)]
+        for d in claims:
+            await failure_of(d, StoreUnavailable)
+    finally:
+        redis.resume()

@@ -41,10 +41,10 @@ local function fence(key, writer)
   return nil
 end
 
--- HSET of ARGV[first..] (field, value pairs) plus the generation.
-local function hset_fields(key, first, generation)
+-- HSET of ARGV[first..last] (field, value pairs) plus the generation.
+local function hset_fields(key, first, last, generation)
   local args = {'HSET', key}
-  for i = first, #ARGV do
+  for i = first, last do
     args[#args + 1] = ARGV[i]
   end
   args[#args + 1] = 'generation'
