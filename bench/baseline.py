@@ -38,7 +38,11 @@ from mc.config import Secret  # noqa: E402
 from mc.meetings import AtCapacity, MeetingRegistry  # noqa: E402
 from mc.proto import gc_mc_pb2 as pb  # noqa: E402
 from mc.proto import gc_mc_pb2_grpc  # noqa: E402
-from mc.store import RedisFencedStore, claim_and_write_call  # noqa: E402
+from mc.store import (  # noqa: E402
+    RedisFencedStore,
+    claim_and_write_call,
+    write_state_call,
+)
 
 MAX_MESSAGE_BYTES = 64 * 1024
 ACCEPTED = pb.AssignMeetingWithMhResponse(accepted=True)
@@ -133,12 +137,12 @@ class Baseline(gc_mc_pb2_grpc.MeetingControllerServiceServicer):
             replies = [
                 self._eval(*RedisFencedStore.write_assignment(
                     _CALL, m.meeting_id, m.generation, record)),
-                self._eval(*RedisFencedStore.write_state(
-                    _CALL, m.meeting_id, m.generation, state)),
+                self._eval(scripts.WRITE_STATE,
+                           *write_state_call(m.meeting_id, m.generation, state)),
             ]
         except redis.RedisError:
             return UNHEALTHY
-        if all(r[0] == scripts.OK for r in replies):
+        if replies[0][0] == scripts.OK and replies[1][1][0] == scripts.OK:
             return ACCEPTED
         with self._lock:
             if self._registry.get(m.meeting_id) is m:

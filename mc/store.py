@@ -78,9 +78,9 @@ def _field_args(fields, reserved):
     return args
 
 
-#: Most meetings claimed by one script call; a batch goes out at the end of the
-#: reactor turn in which its first claim arrived, or as soon as it is this full.
-MAX_CLAIM_BATCH = 64
+#: Most meetings in one batched script call; a batch goes out at the end of the
+#: reactor turn in which its first operation arrived, or as soon as it is full.
+MAX_BATCH = 64
 
 
 def claim_and_write_call(meeting_id, mc_id, assignment, state):
@@ -93,10 +93,88 @@ def claim_and_write_call(meeting_id, mc_id, assignment, state):
     return keys, [len(values), *values]
 
 
+def write_state_call(meeting_id, generation, fields):
+    """The keys and arguments that one meeting adds to a WRITE_STATE call."""
+    values = [_check_generation(generation), *_field_args(fields, ("generation",))]
+    return [generation_key(meeting_id), state_key(meeting_id)], [len(values), *values]
+
+
 def _assignment_json(assignment):
     if set(assignment) != ASSIGNMENT_FIELDS:
         raise ValueError(f"assignment fields must be exactly {sorted(ASSIGNMENT_FIELDS)}")
     return json.dumps(assignment, separators=(",", ":"))
+
+
+class _Batcher:
+    """Operations of one script (claims, or state writes) that arrive in one
+    reactor turn, sent as one call of the script's batch form: under load this
+    turns many round trips, reply parses and Deferred chains into one, while
+    each meeting's operation stays atomic and gets its own verdict.
+
+    The script replies ``{'ok', {status, value, ...}, ...}``: per meeting in
+    order, ``ok`` with the generation, ``fenced`` with the stored one, or
+    ``corrupt``."""
+
+    def __init__(self, store, script, durable):
+        self._store = store
+        self._script = script
+        self._durable = durable
+        self._pending = []
+        self._call = None
+
+    def add(self, meeting_id, generation, keys, args):
+        store = self._store
+        if not store.connected:
+            return defer.fail(StoreUnavailable(f"Redis {store._target} is not connected"))
+        d = defer.Deferred()
+        self._pending.append((meeting_id, generation, keys, args, d))
+        if len(self._pending) >= MAX_BATCH:
+            self.flush()
+        elif self._call is None:
+            self._call = store._reactor.callLater(0, self.flush)
+        return d
+
+    def flush(self):
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        store = self._store
+        keys = [k for _, _, ks, _, _ in batch for k in ks]
+        args = [a for _, _, _, as_, _ in batch for a in as_]
+        operation = store._evalsha(self._script, keys, args)
+        if self._durable:
+            what = f"meeting {batch[0][0]}" if len(batch) == 1 else f"{len(batch)} meetings"
+            operation = store._durable(operation, what)
+        d = store._call(operation)
+        d.addCallbacks(self._done, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
+
+    @staticmethod
+    def _done(reply, batch):
+        results = reply[1] if reply[0] == scripts.OK and len(reply) > 1 else None
+        for i, (meeting_id, generation, _, _, d) in enumerate(batch):
+            if d.called:
+                continue  # its caller stopped waiting
+            if not isinstance(results, list) or len(results) < 2 * len(batch):
+                d.errback(StoreError(f"meeting {meeting_id}: unexpected script reply {reply!r}"))
+                continue
+            status, value = results[2 * i], results[2 * i + 1]
+            if status == scripts.OK:
+                d.callback(int(value))
+            elif status == scripts.FENCED:
+                d.errback(FencedOut(meeting_id, generation, int(value)))
+            elif status == scripts.CORRUPT:
+                d.errback(CorruptGeneration(meeting_id))
+            else:
+                d.errback(StoreError(f"meeting {meeting_id}: unexpected result {status!r}"))
+
+    @staticmethod
+    def _failed(failure, batch):
+        for *_, d in batch:
+            if not d.called:
+                d.errback(failure.value)
 
 
 @implementer(IFencedStore)
@@ -108,9 +186,8 @@ class RedisFencedStore(Service):
     queue it until a connection appears, however long that takes), and every
     operation is bounded by ``reply_timeout`` as a whole.
 
-    Claims that arrive in one reactor turn go to Redis as one script call:
-    under load that turns many round trips, reply parses and Deferred chains
-    into one, and each meeting's claim is still atomic on its own.
+    Claims, and state writes (ownership touches), that arrive in one reactor
+    turn go to Redis as one script call each (``_Batcher``).
     """
 
     log = Logger()
@@ -130,8 +207,8 @@ class RedisFencedStore(Service):
         self._recovering = False
         self._recovery_retry = None
         self._up = False
-        self._batch = []
-        self._flush_call = None
+        self._claims = _Batcher(self, scripts.CLAIM_AND_WRITE, durable=True)
+        self._state_writes = _Batcher(self, scripts.WRITE_STATE, durable=False)
 
     def __repr__(self):
         return f"<RedisFencedStore {self._target} connected={self.connected}>"
@@ -200,7 +277,8 @@ class RedisFencedStore(Service):
         super().stopService()
         if self._recovery_retry is not None and self._recovery_retry.active():
             self._recovery_retry.cancel()
-        self._flush()
+        self._claims.flush()
+        self._state_writes.flush()
         factory, self._factory = self._factory, None
         sentinel, self._sentinel = self._sentinel, None
         stopped = [factory.disconnect()] if factory is not None else []
@@ -279,53 +357,7 @@ class RedisFencedStore(Service):
 
     def claim_and_write(self, meeting_id, mc_id, assignment, state):
         keys, args = claim_and_write_call(meeting_id, mc_id, assignment, state)
-        if not self.connected:
-            return defer.fail(StoreUnavailable(f"Redis {self._target} is not connected"))
-        d = defer.Deferred()
-        self._batch.append((meeting_id, keys, args, d))
-        if len(self._batch) >= MAX_CLAIM_BATCH:
-            self._flush()
-        elif self._flush_call is None:
-            self._flush_call = self._reactor.callLater(0, self._flush)
-        return d
-
-    def _flush(self):
-        """Send the claims batched so far as one durable script call and hand
-        each caller its own result."""
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
-        batch, self._batch = self._batch, []
-        if not batch:
-            return
-        keys = [k for _, ks, _, _ in batch for k in ks]
-        args = [a for _, _, as_, _ in batch for a in as_]
-        what = f"meeting {batch[0][0]}" if len(batch) == 1 else f"{len(batch)} meetings"
-        d = self._call(self._durable(self._evalsha(scripts.CLAIM_AND_WRITE, keys, args), what))
-        d.addCallbacks(self._claimed, self._claims_failed, callbackArgs=(batch,),
-                       errbackArgs=(batch,))
-
-    @staticmethod
-    def _claimed(reply, batch):
-        status, results = reply[0], reply[1] if len(reply) > 1 else None
-        for i, (meeting_id, _, _, d) in enumerate(batch):
-            if d.called:
-                continue  # its caller stopped waiting
-            if status != scripts.OK or not isinstance(results, list):
-                d.errback(StoreError(f"meeting {meeting_id}: unexpected script reply {reply!r}"))
-            elif results[2 * i] == scripts.OK:
-                d.callback(int(results[2 * i + 1]))
-            elif results[2 * i] == scripts.CORRUPT:
-                d.errback(CorruptGeneration(meeting_id))
-            else:
-                d.errback(StoreError(f"meeting {meeting_id}: unexpected claim result "
-                                     f"{results[2 * i]!r}"))
-
-    @staticmethod
-    def _claims_failed(failure, batch):
-        for _, _, _, d in batch:
-            if not d.called:
-                d.errback(failure.value)
+        return self._claims.add(meeting_id, None, keys, args)
 
     def write_assignment(self, meeting_id, generation, assignment):
         args = [_check_generation(generation), _assignment_json(assignment)]
@@ -333,9 +365,8 @@ class RedisFencedStore(Service):
         return self._eval(scripts.WRITE_ASSIGNMENT, meeting_id, generation, keys, args)
 
     def write_state(self, meeting_id, generation, fields):
-        args = [_check_generation(generation), *_field_args(fields, ("generation",))]
-        keys = [generation_key(meeting_id), state_key(meeting_id)]
-        return self._eval(scripts.WRITE_STATE, meeting_id, generation, keys, args)
+        keys, args = write_state_call(meeting_id, generation, fields)
+        return self._state_writes.add(meeting_id, generation, keys, args)
 
     def delete(self, meeting_id, generation):
         args = [_check_generation(generation), meeting_id]

@@ -14,7 +14,7 @@ from mc.config import parse_redis_url
 from mc.errors import CorruptGeneration, FencedOut, StoreError, StoreUnavailable
 from mc.interfaces import IFencedStore
 from mc.keys import generation_key, mh_key, state_key
-from mc.store import MAX_CLAIM_BATCH, RedisFencedStore
+from mc.store import MAX_BATCH, RedisFencedStore
 from mc.testing.redisproc import RedisProcess
 from tests.helpers import wait_until
 
@@ -341,7 +341,7 @@ async def test_a_full_batch_goes_at_once_and_the_rest_follows(redis, make_store)
     store = await make_store()
     await store.claim_and_write("warm-up", "mc-1", ASSIGNMENT, {})
     before = evalsha_calls(redis)
-    n = MAX_CLAIM_BATCH + 3
+    n = MAX_BATCH + 3
     generations = await defer.gatherResults(
         [store.claim_and_write(f"full-{i}", "mc-1", ASSIGNMENT, {}) for i in range(n)])
     assert generations == [1] * n
@@ -381,3 +381,24 @@ async def test_a_failed_batch_fails_every_caller(redis, make_store):
             await failure_of(d, StoreUnavailable)
     finally:
         redis.resume()
+
+
+@pytest_twisted.ensureDeferred
+async def test_state_writes_of_one_turn_go_as_one_call_and_a_fenced_one_fails_alone(
+    redis, make_store
+):
+    store = await make_store()
+    for m in ("w1", "w2", "w3"):
+        await store.claim_and_write(m, "mc-1", ASSIGNMENT, {})
+    await store.claim("w2")
+    await store.write_state("w1", 1, {"warm": 1})  # the script is loaded once
+    before = evalsha_calls(redis)
+    w1 = store.write_state("w1", 1, {"touched_at": 5})
+    w2 = store.write_state("w2", 1, {"touched_at": 5})
+    w3 = store.write_state("w3", 1, {"touched_at": 5})
+    assert await w1 == 1 and await w3 == 1
+    fenced = await failure_of(w2, FencedOut)
+    assert (fenced.generation, fenced.stored_generation) == (1, 2)
+    assert evalsha_calls(redis) == before + 1
+    assert redis.hgetall(state_key("w1"))["touched_at"] == "5"
+    assert "touched_at" not in redis.hgetall(state_key("w2"))

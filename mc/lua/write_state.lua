@@ -1,7 +1,24 @@
--- KEYS: generation, state. ARGV: writer generation, then field/value pairs.
-local refused = fence(KEYS[1], ARGV[1])
-if refused then
-  return refused
+-- Fenced HSET of a batch of meetings' state hashes, each on its own.
+-- KEYS, two per meeting: generation, state.
+-- ARGV, per meeting: the count n of its values, then n values: the writer
+-- generation and field/value pairs.
+-- Replies {'ok', {status, value, ...} per meeting in order}: 'ok' with the
+-- generation, 'fenced' with the stored one, 'corrupt' with 0; a refused
+-- meeting is left unchanged.
+local results = {}
+local a = 1
+for k = 1, #KEYS, 2 do
+  local n = tonumber(ARGV[a])
+  local writer = ARGV[a + 1]
+  local refused = fence(KEYS[k], writer)
+  if refused then
+    results[#results + 1] = refused[1]
+    results[#results + 1] = refused[2] or 0
+  else
+    hset_fields(KEYS[k + 1], a + 2, a + n, writer)
+    results[#results + 1] = 'ok'
+    results[#results + 1] = tonumber(writer)
+  end
+  a = a + n + 1
 end
-hset_fields(KEYS[2], 2, #ARGV, ARGV[1])
-return {'ok', tonumber(ARGV[1])}
+return {'ok', results}
