@@ -238,9 +238,9 @@ class AssignmentService(Service):
             return await _follow(self._run(meeting_id, _ACCEPT, op))
 
     def _reject(self, meeting_id, gc_id, reason, detail=None):
-        self.log.info("rejected meeting {meeting_id} from {gc_id}: {reason}{detail}",
-                      mc_id=self._config.mc_id, meeting_id=meeting_id, gc_id=gc_id,
-                      reason=reason, detail=f" ({detail})" if detail else "")
+        self.log.debug("rejected meeting {meeting_id} from {gc_id}: {reason}{detail}",
+                       mc_id=self._config.mc_id, meeting_id=meeting_id, gc_id=gc_id,
+                       reason=reason, detail=f" ({detail})" if detail else "")
         return (False, reason)
 
     async def _accept(self, reservation, mh, gc_id):
@@ -267,9 +267,9 @@ class AssignmentService(Service):
         pending_end = self._notifies.pop(meeting_id, None)
         if pending_end is not None:
             pending_end.cancel()  # it is ours again: "ended" would now be wrong
-        self.log.info("accepted meeting {meeting_id} from {gc_id} at generation {generation}",
-                      mc_id=self._config.mc_id, meeting_id=meeting_id, gc_id=gc_id,
-                      generation=generation)
+        self.log.debug("accepted meeting {meeting_id} from {gc_id} at generation {generation}",
+                       mc_id=self._config.mc_id, meeting_id=meeting_id, gc_id=gc_id,
+                       generation=generation)
         return ACCEPTED
 
     async def _reassert(self, m, mh, gc_id):
@@ -303,9 +303,9 @@ class AssignmentService(Service):
             return (False, UNHEALTHY)
         if not m.participant_count:
             m.idle_since = self._clock.seconds()  # the GC expects people: wait afresh
-        self.log.info("accepted meeting {meeting_id} from {gc_id} again at generation "
-                      "{generation}", mc_id=self._config.mc_id, meeting_id=meeting_id,
-                      gc_id=gc_id, generation=m.generation)
+        self.log.debug("accepted meeting {meeting_id} from {gc_id} again at generation "
+                       "{generation}", mc_id=self._config.mc_id, meeting_id=meeting_id,
+                       gc_id=gc_id, generation=m.generation)
         return ACCEPTED
 
     # --- one store operation per meeting ------------------------------------

@@ -310,6 +310,9 @@ SETTINGS = (
             "Seconds an HTTP connection may stay silent before it is closed"),
     Setting("log_format", "MC_LOG_FORMAT", "log-format", "text", parse_choice("text", "json"),
             "Log format: text or json (one JSON object per line)"),
+    Setting("log_level", "MC_LOG_LEVEL", "log-level", "info",
+            parse_choice("debug", "info", "warn", "error", "critical"),
+            "Least severe log level written: debug, info, warn, error or critical"),
 )
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
@@ -342,6 +345,7 @@ class Config:
     gc_deadline: float
     http_idle: float
     log_format: str
+    log_level: str
     service_token: Secret
     gc_tokens: tuple
     insecure_no_auth: bool = False

@@ -1,15 +1,18 @@
-"""JSON logs, one object per line, and the safety net that keeps secrets out.
+"""The logger twistd runs the MC with: level filter, secrets filter, then text or JSON.
 
-``twistd -n --logger mc.logs.json_logger mc`` (or ``--log-format json`` /
-``MC_LOG_FORMAT=json`` once ``apply_log_settings`` runs from the plugin's
-options) writes every ``twisted.logger`` event as plain JSON on stdout: time,
-level, namespace, the formatted message, the event's JSON-serializable
-structured fields (mc_id, meeting_id, generation, ...) and a failure's
-traceback. twistd calls the factory with no argument, so ``apply_log_settings``
-remembers twistd's ``--logfile`` and ``--nodaemon`` for it, and the factory
-writes where twistd would: stdout in the foreground without ``--logfile``, else
-the file (``twistd.log`` by default), reopened on SIGUSR1 as twistd's own file
-log is, so logrotate works.
+``apply_log_settings`` (called from the plugin's options) names ``text_logger``
+or, for ``--log-format json`` / ``MC_LOG_FORMAT=json``, ``json_logger`` as
+twistd's ``--logger``; an operator's own ``--logger`` wins. Either drops events
+below ``--log-level`` / ``MC_LOG_LEVEL`` before anything formats them: twistd
+writes each event unbuffered, which under load costs a share of the reactor.
+text_logger writes twistd's usual text lines; json_logger one plain JSON object
+per event (time, level, namespace, the formatted message, the event's
+JSON-serializable structured fields such as mc_id, meeting_id, generation, and
+a failure's traceback). twistd calls the factory with no argument, so
+``apply_log_settings`` remembers twistd's ``--logfile`` and ``--nodaemon`` for
+it, and both write where twistd would: stdout in the foreground without
+``--logfile``, else the file (``twistd.log`` by default), reopened on SIGUSR1
+so logrotate works.
 
 Secrets are redacted in every repr already; the filter here is the second
 line, for a secret that reaches a message through an exception or a peer.
@@ -20,18 +23,28 @@ import signal
 import sys
 from datetime import UTC, datetime
 
-from twisted.logger import FileLogObserver, ILogObserver, formatEvent
+from twisted.logger import (
+    FileLogObserver,
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+    textFileLogObserver,
+)
 from twisted.python.logfile import LogFile
 from twisted.python.reflect import fullyQualifiedName
 from zope.interface import provider
 
 REDACTED = "<redacted>"
 
-# Secret values the JSON logger's filter redacts; filled by register_secrets
+# Secret values the loggers' filter redacts; filled by register_secrets
 # (twistd builds the service, and so the config, before it starts logging).
 _secrets = set()
 # twistd's --logfile / --nodaemon, as seen by apply_log_settings.
 _destination = {"logfile": None, "nodaemon": True}
+# The least severe level the loggers write, set by apply_log_settings.
+_level = {"level": LogLevel.info}
 
 
 def redact(text, secrets):
@@ -124,36 +137,60 @@ def _reopen_on_sigusr1(logfile):
     signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(logfile.reopen))
 
 
-def json_logger():
-    """The ``twistd --logger`` factory: JSON lines where twistd would write its
-    log, secrets redacted."""
+def _log_file():
+    """Where twistd would write its log. No size-based rotation: logrotate
+    moves the file and sends SIGUSR1."""
     path = _destination["logfile"]
     if path is None and not _destination["nodaemon"]:
         path = "twistd.log"
     if path in (None, "-"):
-        out = sys.stdout
-    else:
-        out = LogFile.fromFullPath(path, rotateLength=None)
-        _reopen_on_sigusr1(out)
-    return secrets_filter(json_observer(out), _secrets)
+        return sys.stdout
+    out = LogFile.fromFullPath(path, rotateLength=None)
+    _reopen_on_sigusr1(out)
+    return out
+
+
+def _filtered(observer):
+    """``observer`` behind the level filter, then the secrets filter: the level
+    is checked first, so an event below it is dropped before any formatting."""
+    return FilteringLogObserver(secrets_filter(observer, _secrets),
+                                [LogLevelFilterPredicate(_level["level"])])
+
+
+def json_logger():
+    """A ``twistd --logger`` factory: JSON lines where twistd would write its
+    log, at the configured level, secrets redacted."""
+    return _filtered(json_observer(_log_file()))
+
+
+def text_logger():
+    """A ``twistd --logger`` factory: twistd's usual text lines where twistd
+    would write its log, at the configured level, secrets redacted."""
+    return _filtered(textFileLogObserver(_log_file()))
 
 
 def register_secrets(config):
-    """Remember the config's secret values for json_logger's filter."""
+    """Remember the config's secret values for the loggers' filter."""
     values = [config.service_token, *config.gc_tokens, config.redis.password]
     _secrets.update(s.reveal() for s in values if s is not None)
 
 
 def apply_log_settings(options):
     """Call from the mc plugin's ``Options.postOptions``, once ``.config`` is
-    loaded: registers the secrets and, for ``--log-format json``, names
-    json_logger as twistd's ``--logger`` unless one was given. This works
+    loaded: registers the secrets and the level, and names json_logger or
+    text_logger as twistd's ``--logger`` unless one was given. This works
     because twistd parses the plugin's options before its own postOptions
-    imports the named logger factory."""
+    imports the named logger factory. A text log under twistd's ``--syslog``
+    stays with twistd's syslog observer, which has no file to replace."""
     register_secrets(options.config)
+    _level["level"] = LogLevel.levelWithName(options.config.log_level)
     parent = getattr(options, "parent", None)
-    if parent is not None:
-        _destination.update(logfile=parent.get("logfile"),
-                            nodaemon=bool(parent.get("nodaemon")))
-    if options.config.log_format == "json" and parent is not None and not parent.get("logger"):
+    if parent is None:
+        return
+    _destination.update(logfile=parent.get("logfile"), nodaemon=bool(parent.get("nodaemon")))
+    if parent.get("logger"):
+        return
+    if options.config.log_format == "json":
         parent["logger"] = fullyQualifiedName(json_logger)
+    elif not parent.get("syslog"):
+        parent["logger"] = fullyQualifiedName(text_logger)

@@ -27,6 +27,7 @@ def test_defaults():
     assert str(c.health_listen) == "0.0.0.0:8081"
     assert (c.max_meetings, c.max_participants) == (1000, 10000)
     assert (c.shutdown_grace, c.meeting_idle) == (30.0, 300.0)
+    assert (c.log_format, c.log_level) == ("text", "info")
     assert c.service_token.reveal() == "s3cret-service"
     assert [t.reveal() for t in c.gc_tokens] == ["gc-one", "gc-two"]
     assert re.fullmatch(r"mc-[A-Za-z0-9_-]+-[0-9a-f]{8}", c.mc_id)
@@ -75,6 +76,7 @@ def test_advertise_default_follows_grpc_port():
     (["--shutdown-grace", "-1"], {}, "--shutdown-grace: -1 is out of range"),
     (["--meeting-idle", "soon"], {}, "--meeting-idle: 'soon' is not a number of seconds"),
     (["--log-format", "xml"], {}, "--log-format: 'xml' is not one of text, json"),
+    (["--log-level", "verbose"], {}, "--log-level: 'verbose' is not one of debug, info, warn"),
     (["--gc-ca-file", "/nonexistent/ca.pem"], {}, "MC_GC_CA_FILE / --gc-ca-file: file does"),
 ])
 def test_bad_values_name_the_option(args, env, message):

@@ -40,6 +40,14 @@ def start_mc(tmp_path, redis, gc):
         mc.stop()
 
 
+def readyz(mc):
+    status, body = mc.http("/readyz")
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body
+
+
 def fast_heartbeats(gc, since=0):
     return [r.request for r in gc.heartbeats("fast")[since:]]
 
@@ -47,9 +55,8 @@ def fast_heartbeats(gc, since=0):
 def test_registers_heartbeats_assigns_drains_and_stops_cleanly(start_mc, gc, redis):
     gc.set_unavailable(True)
     mc = start_mc()
-    wait_for(lambda: mc.http("/readyz")[0] == 503, 20, what="/readyz 503")
-    status, body = mc.http("/readyz")
-    assert json.loads(body) == {"ready": False, "reason": "not registered with GC"}
+    not_registered = {"ready": False, "reason": "not registered with GC"}
+    wait_for(lambda: readyz(mc) == (503, not_registered), 20, what="/readyz 503 not registered")
     assert mc.http("/healthz")[0] == 200
     assert os.path.exists(mc.pidfile)
 
@@ -60,7 +67,8 @@ def test_registers_heartbeats_assigns_drains_and_stops_cleanly(start_mc, gc, red
     assert reg.request.id == mc.mc_id
     assert reg.request.grpc_endpoint == f"http://127.0.0.1:{mc.grpc_port}"
     gc.wait_for(lambda: fast_heartbeats(gc), timeout=10)
-    assert fast_heartbeats(gc)[0].health == pb.HEALTHY
+    # DEGRADED when the machine running the suite is busy (host CPU >= 90 %).
+    assert fast_heartbeats(gc)[0].health in (pb.HEALTHY, pb.DEGRADED)
     wait_for(mc.ready, 10, what="/readyz 200")
 
     r = assign_meeting(mc.grpc_target, "e2e-meeting-1", MH, GC_TOKEN)
@@ -85,8 +93,8 @@ def test_registers_heartbeats_assigns_drains_and_stops_cleanly(start_mc, gc, red
     seen = len(gc.heartbeats("fast"))
     mc.signal(signal.SIGUSR2)
     wait_for(mc.ready, 5, what="undrain")
-    gc.wait_for(lambda: any(h.health == pb.HEALTHY for h in fast_heartbeats(gc, seen)),
-                timeout=5)
+    gc.wait_for(lambda: any(h.health in (pb.HEALTHY, pb.DEGRADED)
+                            for h in fast_heartbeats(gc, seen)), timeout=5)
 
     seen = len(gc.heartbeats("fast"))
     mc.signal(signal.SIGTERM)

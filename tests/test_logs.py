@@ -1,7 +1,10 @@
-"""JSON log lines, the secrets filter, and how --log-format json reaches twistd."""
+"""JSON and text log lines, the level and secrets filters, and how the log
+settings reach twistd."""
 
 import io
 import json
+import re
+import signal
 from datetime import UTC, datetime
 
 import pytest
@@ -30,10 +33,14 @@ class Opaque:
 @pytest.fixture
 def secrets(monkeypatch):
     """logs' module-level state, empty for the test (other tests' Options
-    register their secrets there too) and restored after it."""
+    register their secrets there too) and restored after it, as is the
+    SIGUSR1 handler a file logger installs."""
     monkeypatch.setattr(logs, "_secrets", set())
     monkeypatch.setattr(logs, "_destination", {"logfile": None, "nodaemon": True})
-    return logs._secrets
+    monkeypatch.setattr(logs, "_level", {"level": LogLevel.info})
+    handler = signal.getsignal(signal.SIGUSR1)
+    yield logs._secrets
+    signal.signal(signal.SIGUSR1, handler)
 
 
 def lines_for(emit, observer_factory=logs.json_observer):
@@ -137,6 +144,49 @@ def test_json_logger_writes_stdout_provides_ilogobserver_and_redacts(monkeypatch
     assert TEST_SERVICE_TOKEN not in out.getvalue() and "pw-Xy7" not in out.getvalue()
 
 
+class FormatSpy:
+    """A field that records being formatted."""
+
+    def __init__(self):
+        self.formatted = 0
+
+    def __format__(self, spec):
+        self.formatted += 1
+        return "spy"
+
+
+@pytest.mark.parametrize("level,written", [
+    (LogLevel.info, ["info", "warn"]),
+    (LogLevel.debug, ["debug", "info", "warn"]),
+])
+def test_level_filter_drops_events_below_the_level_before_formatting(
+        monkeypatch, secrets, level, written):
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stdout", out)
+    secrets.add(SECRET)  # the secrets filter formats every event it sees
+    logs._level["level"] = level
+    spy = FormatSpy()
+    log = Logger(namespace="mc.test", observer=logs.json_logger())
+    log.debug("per assignment {spy}", spy=spy)
+    log.info("registered")
+    log.warn("slow")
+    assert [json.loads(x)["level"] for x in out.getvalue().splitlines()] == written
+    assert bool(spy.formatted) == ("debug" in written)
+
+
+def test_text_logger_writes_twistd_text_to_the_logfile_and_redacts(tmp_path, secrets):
+    path = tmp_path / "mc.log"
+    logs._destination.update(logfile=str(path), nodaemon=False)
+    secrets.add(SECRET)
+    log = Logger(namespace="mc.test", observer=logs.text_logger())
+    log.info("token {t} refused", t=SECRET)
+    log.debug("not at info")
+    (line,) = path.read_text().splitlines()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} "
+                        r"\[mc\.test#info\] token <redacted> refused", line)
+    assert signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, None)
+
+
 def parse_twistd(args, environ):
     """Parse ``twistd [args] mc --log-format ...`` as twistd would, with mc's
     Options calling apply_log_settings from postOptions."""
@@ -159,12 +209,17 @@ ENV = {"MC_SERVICE_TOKEN": TEST_SERVICE_TOKEN, "MC_GC_TOKENS": TEST_GC_TOKEN,
 
 
 @pytest.mark.usefixtures("secrets")
-def test_log_format_json_selects_json_logger_for_twistd():
+def test_log_settings_select_mc_logger_for_twistd():
+    assert parse_twistd(["-n", "mc"], ENV)["logger"] is logs.text_logger
+    assert logs._level["level"] is LogLevel.info
     assert parse_twistd(["-n", "mc", "--log-format", "json"], ENV)["logger"] is logs.json_logger
     assert parse_twistd(["-n", "mc"], {**ENV, "MC_LOG_FORMAT": "json"})["logger"] is (
         logs.json_logger)
-    assert parse_twistd(["-n", "mc"], ENV)["logger"] is None
-    explicit = parse_twistd(["-n", "--logger", "twisted.logger.textFileLogObserver", "mc",
-                             "--log-format", "json"], ENV)
+    assert parse_twistd(["--syslog", "mc"], ENV)["logger"] is None
+    explicit = parse_twistd(["--logger", "twisted.logger.textFileLogObserver", "--logfile",
+                             "mc.log", "mc", "--log-format", "json", "--log-level", "debug"],
+                            ENV)
     assert explicit["logger"] is textFileLogObserver
+    assert logs._destination == {"logfile": "mc.log", "nodaemon": False}
+    assert logs._level["level"] is LogLevel.debug
     assert TEST_SERVICE_TOKEN in logs._secrets
