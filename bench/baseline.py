@@ -4,11 +4,13 @@ whole call itself.
 
 It does the MC's work for a call: the same bearer-token check (mc.auth), the
 same validation (mc.assignment.validate_assignment), the same capacity check
-(mc.meetings.MeetingRegistry, under a lock), the same fenced Lua script in one
-round trip (the store's claim_and_write call: CLAIM_AND_WRITE from mc.scripts
-with the store's keys and arguments, by EVALSHA, loaded again if Redis forgot
-it) and the same answers. A meeting already hosted is written again,
-fenced by its generation, as the MC does.
+(mc.meetings.MeetingRegistry, under a lock), the same Lua fencing the plain
+way, as issue 6 describes it: claim (the CLAIM script), then the fenced writes
+of the MH assignment and of the state hash (WRITE_ASSIGNMENT, WRITE_STATE),
+each by EVALSHA with the store's own keys and arguments, loaded again if Redis
+forgot it; and the same answers. A meeting already hosted is written again,
+fenced by its generation, as the MC does. (The MC's one-round-trip
+CLAIM_AND_WRITE is one of its optimisations, so the baseline does not use it.)
 
     python bench/baseline.py --listen 127.0.0.1:50060 --redis-url redis://127.0.0.1:6379/0 \
         --token T
@@ -38,11 +40,7 @@ from mc.config import Secret  # noqa: E402
 from mc.meetings import AtCapacity, MeetingRegistry  # noqa: E402
 from mc.proto import gc_mc_pb2 as pb  # noqa: E402
 from mc.proto import gc_mc_pb2_grpc  # noqa: E402
-from mc.store import (  # noqa: E402
-    RedisFencedStore,
-    claim_and_write_call,
-    write_state_call,
-)
+from mc.store import RedisFencedStore, write_state_call  # noqa: E402
 
 MAX_MESSAGE_BYTES = 64 * 1024
 ACCEPTED = pb.AssignMeetingWithMhResponse(accepted=True)
@@ -121,29 +119,32 @@ class Baseline(gc_mc_pb2_grpc.MeetingControllerServiceServicer):
         if hosted is not None:
             return self._reassert(hosted, record, state)
         try:
-            reply = self._eval(scripts.CLAIM_AND_WRITE,
-                               *claim_and_write_call(meeting_id, self._mc_id, record, state))
+            reply = self._eval(*RedisFencedStore.claim(_CALL, meeting_id))
+            written = reply[0] == scripts.OK and self._write(
+                meeting_id, int(reply[1]), record, {"mc_id": self._mc_id, **state})
         except redis.RedisError:
-            reply = None
+            written = False
         with self._lock:
-            if not reply or reply[0] != scripts.OK or reply[1][0] != scripts.OK:
+            if not written:
                 self._registry.release(reservation)
                 return UNHEALTHY
-            self._registry.commit(reservation, int(reply[1][1]), mh)
+            self._registry.commit(reservation, int(reply[1]), mh)
         return ACCEPTED
+
+    def _write(self, meeting_id, generation, record, state):
+        """The fenced writes of a claimed meeting's keys; True when both took."""
+        replies = [
+            self._eval(*RedisFencedStore.write_assignment(_CALL, meeting_id, generation, record)),
+            self._eval(scripts.WRITE_STATE, *write_state_call(meeting_id, generation, state)),
+        ]
+        return replies[0][0] == scripts.OK and replies[1][1][0] == scripts.OK
 
     def _reassert(self, m, record, state):
         try:
-            replies = [
-                self._eval(*RedisFencedStore.write_assignment(
-                    _CALL, m.meeting_id, m.generation, record)),
-                self._eval(scripts.WRITE_STATE,
-                           *write_state_call(m.meeting_id, m.generation, state)),
-            ]
+            if self._write(m.meeting_id, m.generation, record, state):
+                return ACCEPTED
         except redis.RedisError:
             return UNHEALTHY
-        if replies[0][0] == scripts.OK and replies[1][1][0] == scripts.OK:
-            return ACCEPTED
         with self._lock:
             if self._registry.get(m.meeting_id) is m:
                 self._registry.remove(m.meeting_id)

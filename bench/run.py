@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -168,46 +169,49 @@ def throughput(args, workdir, redis, gc, results):
         mc = start_mc(workdir, gc, redis, "mc-bench-1")
         results["mc_pid"] = mc.pid
         rows = results["runs"] = []
-        for c in args.concurrency:
-            for name in args.servers:
-                target = baseline_target if name == "baseline" else mc.grpc_target
-                full_load = name == "mc" and c == args.full_load
-                profiler = None
-                if full_load:
-                    lag_before = lag_histogram(mc)
-                    sampler = LagSampler(mc)
-                    sampler.start()
-                    if args.profile:
-                        profiler = subprocess.Popen(
-                            [str(Path(sys.executable).parent / "py-spy"), "record", "-p",
-                             str(mc.pid), "-d", str(int(args.duration + args.warmup)),
-                             "-o", args.profile, "-f", PROFILE_FORMATS.get(
-                                 Path(args.profile).suffix, "flamegraph"), "--nonblocking"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                started = time.monotonic() + args.warmup
-                cpu_before = psutil.Process(mc.pid if name == "mc" else baseline.pid).cpu_times()
-                summary = loadgen(target, c, args.duration, args.warmup)
-                ended = time.monotonic()
-                cpu_after = psutil.Process(mc.pid if name == "mc" else baseline.pid).cpu_times()
-                cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
-                summary["server_cpu_s"] = round(cpu, 2)
-                # Robust to other load on the machine, unlike calls/s.
-                summary["cpu_us_per_call"] = round(
-                    1e6 * cpu / max(1, summary["calls"] + summary["warmup_calls"]))
-                summary.update(server=name, concurrency=c)
-                if full_load:
-                    summary["heartbeats"] = heartbeat_lateness(gc, started, ended, interval_s)
-                    sampler.stop()
-                    summary["reactor_lag"] = lag_summary(lag_before, lag_histogram(mc),
-                                                         sampler.samples)
-                    if profiler is not None:
-                        profiler.wait(30)
-                rows.append(summary)
-                say(f"  {name:<8} c={c:<3} {summary['calls_per_s']:>7.0f} calls/s  "
-                    f"p50 {summary['p50_ms']:>7} ms  p99 {summary['p99_ms']:>7} ms  "
-                    f"max {summary['max_ms']:>7} ms  accepted {summary['accepted']} "
-                    f"rejected {summary['rejected']} errors {summary['errors']}  "
-                    f"cpu {summary['cpu_us_per_call']} us/call")
+        # Rounds alternate which server goes first, so a machine whose speed
+        # drifts (a VM's does) favours neither; ratios are taken within a round.
+        plan = [(rnd, c, name) for rnd in range(args.rounds) for c in args.concurrency
+                for name in (args.servers if rnd % 2 == 0 else args.servers[::-1])]
+        for rnd, c, name in plan:
+            target = baseline_target if name == "baseline" else mc.grpc_target
+            full_load = name == "mc" and c == args.full_load and rnd == 0
+            profiler = None
+            if full_load:
+                lag_before = lag_histogram(mc)
+                sampler = LagSampler(mc)
+                sampler.start()
+                if args.profile:
+                    profiler = subprocess.Popen(
+                        [str(Path(sys.executable).parent / "py-spy"), "record", "-p",
+                         str(mc.pid), "-d", str(int(args.duration + args.warmup)),
+                         "--gil", "-o", args.profile, "-f", PROFILE_FORMATS.get(
+                             Path(args.profile).suffix, "flamegraph"), "--nonblocking"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            started = time.monotonic() + args.warmup
+            cpu_before = psutil.Process(mc.pid if name == "mc" else baseline.pid).cpu_times()
+            summary = loadgen(target, c, args.duration, args.warmup)
+            ended = time.monotonic()
+            cpu_after = psutil.Process(mc.pid if name == "mc" else baseline.pid).cpu_times()
+            cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+            summary["server_cpu_s"] = round(cpu, 2)
+            # Robust to other load on the machine, unlike calls/s.
+            summary["cpu_us_per_call"] = round(
+                1e6 * cpu / max(1, summary["calls"] + summary["warmup_calls"]))
+            summary.update(server=name, concurrency=c, round=rnd)
+            if full_load:
+                summary["heartbeats"] = heartbeat_lateness(gc, started, ended, interval_s)
+                sampler.stop()
+                summary["reactor_lag"] = lag_summary(lag_before, lag_histogram(mc),
+                                                     sampler.samples)
+                if profiler is not None:
+                    profiler.wait(30)
+            rows.append(summary)
+            say(f"  {name:<8} c={c:<3} {summary['calls_per_s']:>7.0f} calls/s  "
+                f"p50 {summary['p50_ms']:>7} ms  p99 {summary['p99_ms']:>7} ms  "
+                f"max {summary['max_ms']:>7} ms  accepted {summary['accepted']} "
+                f"rejected {summary['rejected']} errors {summary['errors']}  "
+                f"cpu {summary['cpu_us_per_call']} us/call")
     finally:
         if mc is not None:
             mc.stop()
@@ -241,25 +245,33 @@ def memory(args, workdir, redis, gc, results):
 
 
 def report(args, results):
-    by = {(r["server"], r["concurrency"]): r for r in results.get("runs", [])}
-    if by:
+    runs = results.get("runs", [])
+    if runs:
         say()
-        say("| concurrency | server | calls/s | p50 ms | p90 ms | p99 ms | max ms | accepted | "
-            "rejected | errors | server CPU us/call |")
-        say("|---|---|---|---|---|---|---|---|---|---|---|")
-        for (name, c), r in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            say(f"| {c} | {name} | {r['calls_per_s']:.0f} | {r['p50_ms']} | {r['p90_ms']} | "
-                f"{r['p99_ms']} | {r['max_ms']} | {r['accepted']} | {r['rejected']} | "
-                f"{r['errors']} | {r['cpu_us_per_call']} |")
+        say("| round | concurrency | server | calls/s | p50 ms | p90 ms | p99 ms | max ms | "
+            "accepted | rejected | errors | server CPU us/call |")
+        say("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in sorted(runs, key=lambda r: (r["concurrency"], r["round"], r["server"])):
+            say(f"| {r['round']} | {r['concurrency']} | {r['server']} | {r['calls_per_s']:.0f} | "
+                f"{r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['max_ms']} | "
+                f"{r['accepted']} | {r['rejected']} | {r['errors']} | {r['cpu_us_per_call']} |")
         say()
+        by = {(r["server"], r["concurrency"], r["round"]): r for r in runs}
         ratios = results["ratios"] = {}
         for c in args.concurrency:
-            m, b = by.get(("mc", c)), by.get(("baseline", c))
-            if m and b and b["calls_per_s"] and b["p99_ms"]:
-                ratios[c] = {"calls_per_s": round(m["calls_per_s"] / b["calls_per_s"], 2),
-                             "p99": round(m["p99_ms"] / b["p99_ms"], 2)}
-                say(f"MC / baseline at c={c}: calls/s x{ratios[c]['calls_per_s']}, "
-                    f"p99 x{ratios[c]['p99']}")
+            calls, p99 = [], []
+            for rnd in range(args.rounds):
+                m, b = by.get(("mc", c, rnd)), by.get(("baseline", c, rnd))
+                if m and b and b["calls_per_s"] and b["p99_ms"]:
+                    calls.append(round(m["calls_per_s"] / b["calls_per_s"], 2))
+                    p99.append(round(m["p99_ms"] / b["p99_ms"], 2))
+            if calls:
+                ratios[c] = {"calls_per_s": statistics.median(calls),
+                             "p99": statistics.median(p99),
+                             "rounds": {"calls_per_s": calls, "p99": p99}}
+                say(f"MC / baseline at c={c} (median of {len(calls)} rounds): calls/s "
+                    f"x{ratios[c]['calls_per_s']} {calls}, p99 x{ratios[c]['p99']} {p99}")
+    by = {(r["server"], r["concurrency"]): r for r in runs if r["round"] == 0}
     full = by.get(("mc", args.full_load))
     if full:
         say(f"punctuality at c={args.full_load} (fast heartbeat every {args.heartbeat_ms} ms): "
@@ -325,8 +337,11 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--concurrency", type=lambda s: [int(x) for x in s.split(",")],
                         default=[1, 16, 64], help="comma-separated (default 1,16,64)")
-    parser.add_argument("-d", "--duration", type=float, default=15.0,
-                        help="measured seconds per run (default 15, max 120)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="runs of each server and concurrency, alternating which goes "
+                        "first; ratios are medians over rounds (default 3)")
+    parser.add_argument("-d", "--duration", type=float, default=10.0,
+                        help="measured seconds per run (default 10, max 120)")
     parser.add_argument("--warmup", type=float, default=2.0, help="uncounted seconds per run")
     parser.add_argument("--only", choices=("throughput", "memory", "mc", "baseline"),
                         help="one part: throughput (both servers), memory, or one server")

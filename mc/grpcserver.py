@@ -30,7 +30,7 @@ REASONS = {
 
 #: Calls admitted (running or queued for a worker) per worker thread; beyond
 #: that grpcio answers RESOURCE_EXHAUSTED, which the GC treats as unavailable.
-QUEUE_PER_WORKER = 8
+QUEUE_PER_WORKER = 16
 #: Seconds between two warnings about rejected tokens.
 AUTH_WARNING_SPACING = 10.0
 
@@ -62,7 +62,7 @@ class GrpcServerService(Service):
     name = "grpc"
     log = Logger()
 
-    def __init__(self, listen_address, assignment, token_check, reactor, max_workers=16,
+    def __init__(self, listen_address, assignment, token_check, reactor, max_workers=8,
                  grace=5.0, max_message_bytes=64 * 1024, max_wait=10.0):
         self._address = str(listen_address)
         self._assignment = assignment
