@@ -137,6 +137,10 @@ class AssignmentService(Service):
         self._notifies = {}  # meeting_id -> Deferred of its NotifyMeetingEnded retries
         self._sweep_call = None
         self._next_touch = 0.0
+        # Each answer is logged only at debug, and even a dropped event costs
+        # ~15 us on the hot path, so the lines are not emitted at all above it.
+        self._log_each = config.log_level == "debug"
+        self._answers = {}  # (status, reason) -> its labelled counter
 
     # --- life cycle -------------------------------------------------------
 
@@ -207,10 +211,13 @@ class AssignmentService(Service):
         self._metrics.assignment_duration.observe(max(0.0, self._clock.seconds() - started))
         if isinstance(result, tuple):
             accepted, reason = result
-            self._metrics.assignments.labels(
-                "accepted" if accepted else "rejected", reason or "").inc()
+            key = ("accepted" if accepted else "rejected", reason or "")
         else:
-            self._metrics.assignments.labels("abandoned", "").inc()
+            key = ("abandoned", "")
+        counter = self._answers.get(key)
+        if counter is None:  # labels() takes a lock and builds a key: once per kind
+            counter = self._answers[key] = self._metrics.assignments.labels(*key)
+        counter.inc()
         return result
 
     async def _assign(self, meeting_id, mh, gc_id):
@@ -238,9 +245,10 @@ class AssignmentService(Service):
             return await _follow(self._run(meeting_id, _ACCEPT, op))
 
     def _reject(self, meeting_id, gc_id, reason, detail=None):
-        self.log.debug("rejected meeting {meeting_id} from {gc_id}: {reason}{detail}",
-                       mc_id=self._config.mc_id, meeting_id=meeting_id, gc_id=gc_id,
-                       reason=reason, detail=f" ({detail})" if detail else "")
+        if self._log_each:
+            self.log.debug("rejected meeting {meeting_id} from {gc_id}: {reason}{detail}",
+                           mc_id=self._config.mc_id, meeting_id=meeting_id, gc_id=gc_id,
+                           reason=reason, detail=f" ({detail})" if detail else "")
         return (False, reason)
 
     async def _accept(self, reservation, mh, gc_id):
@@ -267,9 +275,10 @@ class AssignmentService(Service):
         pending_end = self._notifies.pop(meeting_id, None)
         if pending_end is not None:
             pending_end.cancel()  # it is ours again: "ended" would now be wrong
-        self.log.debug("accepted meeting {meeting_id} from {gc_id} at generation {generation}",
-                       mc_id=self._config.mc_id, meeting_id=meeting_id, gc_id=gc_id,
-                       generation=generation)
+        if self._log_each:
+            self.log.debug("accepted meeting {meeting_id} from {gc_id} at generation "
+                           "{generation}", mc_id=self._config.mc_id, meeting_id=meeting_id,
+                           gc_id=gc_id, generation=generation)
         return ACCEPTED
 
     async def _reassert(self, m, mh, gc_id):
@@ -303,9 +312,10 @@ class AssignmentService(Service):
             return (False, UNHEALTHY)
         if not m.participant_count:
             m.idle_since = self._clock.seconds()  # the GC expects people: wait afresh
-        self.log.debug("accepted meeting {meeting_id} from {gc_id} again at generation "
-                       "{generation}", mc_id=self._config.mc_id, meeting_id=meeting_id,
-                       gc_id=gc_id, generation=m.generation)
+        if self._log_each:
+            self.log.debug("accepted meeting {meeting_id} from {gc_id} again at generation "
+                           "{generation}", mc_id=self._config.mc_id, meeting_id=meeting_id,
+                           gc_id=gc_id, generation=m.generation)
         return ACCEPTED
 
     # --- one store operation per meeting ------------------------------------

@@ -6,6 +6,7 @@ from collections import defaultdict, deque
 import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -355,3 +356,16 @@ def test_invalid_argument_from_the_gc_gives_up_notifying():
     rig.gc.script("notify_meeting_ended", gc_error("NotifyMeetingEnded", "INVALID_ARGUMENT"))
     rig.run(10)
     assert len(rig.gc.requests("notify_meeting_ended")) == 1
+
+
+@pytest.mark.parametrize("level,logged", [("debug", True), ("info", False)])
+def test_each_answer_is_logged_only_at_debug(level, logged):
+    rig = Rig(log_level=level)
+    with capturedLogs() as events:
+        assert result_of(rig.assign()) == (True, None)
+        rig.health.set_draining(True)
+        assert result_of(rig.assign("meeting-2")) == (False, DRAINING)
+    lines = [e for e in events if e.get("meeting_id") in ("meeting-1", "meeting-2")]
+    assert bool(lines) == logged
+    if logged:
+        assert {e["log_level"] for e in lines} == {LogLevel.debug}
