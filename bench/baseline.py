@@ -2,8 +2,9 @@
 would write it: a grpcio thread-pool server and redis-py, each worker doing the
 whole call itself.
 
-It does the MC's work for a call: the same bearer-token check (mc.auth), the
-same validation (mc.assignment.validate_assignment), the same capacity check
+It does the MC's work for a call: the same bearer-token check and request
+validation (mc.grpcserver's thd_authorized and thd_valid_assignments, which
+the MC's workers run too), the same capacity check
 (mc.meetings.MeetingRegistry, under a lock), the same Lua fencing the plain
 way, as issue 6 describes it: claim (the CLAIM script), then the fenced writes
 of the MH assignment and of the state hash (WRITE_ASSIGNMENT, WRITE_STATE),
@@ -30,19 +31,16 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mc import scripts  # noqa: E402
-from mc.assignment import (  # noqa: E402
-    InvalidAssignment,
-    assignment_record,
-    validate_assignment,
-)
+from mc.assignment import assignment_record  # noqa: E402
 from mc.auth import TokenCheck  # noqa: E402
 from mc.config import Secret  # noqa: E402
+from mc.grpcserver import thd_authorized, thd_valid_assignments  # noqa: E402
 from mc.meetings import AtCapacity, MeetingRegistry  # noqa: E402
 from mc.proto import gc_mc_pb2 as pb  # noqa: E402
 from mc.proto import gc_mc_pb2_grpc  # noqa: E402
 from mc.store import RedisFencedStore, write_state_call  # noqa: E402
 
-MAX_MESSAGE_BYTES = 64 * 1024
+MAX_MESSAGE_BYTES = 64 * 1024  # as the MC's gRPC server
 ACCEPTED = pb.AssignMeetingWithMhResponse(accepted=True)
 AT_CAPACITY = pb.AssignMeetingWithMhResponse(accepted=False,
                                              rejection_reason=pb.REJECTION_REASON_AT_CAPACITY)
@@ -54,13 +52,6 @@ class _Clock:
     """What MeetingRegistry asks of a clock."""
 
     seconds = staticmethod(time.time)
-
-
-def _role_name(role):
-    try:
-        return pb.MhRole.Name(role)
-    except ValueError:
-        return str(role)
 
 
 class _ScriptCall:
@@ -90,19 +81,9 @@ class Baseline(gc_mc_pb2_grpc.MeetingControllerServiceServicer):
                                          _Clock())
 
     def AssignMeetingWithMh(self, request, context):
-        values = [v for k, v in context.invocation_metadata() if k == "authorization"]
-        if len(values) > 1 or not self._tokens.check(values[0] if values else None):
+        if not thd_authorized(context, self._tokens):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
-        size = request.ByteSize()
-        if size > MAX_MESSAGE_BYTES:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"request: {size} bytes, more than {MAX_MESSAGE_BYTES}")
-        mh = tuple((a.mh_id, a.webtransport_endpoint, _role_name(a.role))
-                   for a in request.mh_assignments)
-        try:
-            validate_assignment(request.meeting_id, mh)
-        except InvalidAssignment as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        mh = thd_valid_assignments(request, context, MAX_MESSAGE_BYTES)
         meeting_id = request.meeting_id
         with self._lock:
             hosted = self._registry.get(meeting_id)

@@ -42,6 +42,30 @@ def _role_name(role):
         return str(role)  # an enum value newer than our .proto
 
 
+def thd_authorized(context, token_check):
+    """One ``authorization`` header the check accepts (None when absent); two
+    are refused, whichever one a proxy would have looked at."""
+    values = [v for k, v in context.invocation_metadata() if k == "authorization"]
+    return len(values) <= 1 and token_check.check(values[0] if values else None)
+
+
+def thd_valid_assignments(request, context, max_message_bytes):
+    """The request's ``(mh_id, endpoint, role_name)`` tuples once its size
+    and fields pass; otherwise the call is aborted with INVALID_ARGUMENT
+    naming the field (``context.abort`` raises)."""
+    size = request.ByteSize()
+    if size > max_message_bytes:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                      f"request: {size} bytes, more than {max_message_bytes}")
+    mh = tuple((a.mh_id, a.webtransport_endpoint, _role_name(a.role))
+               for a in request.mh_assignments)
+    try:
+        validate_assignment(request.meeting_id, mh)
+    except InvalidAssignment as e:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+    return mh
+
+
 class _Servicer(gc_mc_pb2_grpc.MeetingControllerServiceServicer):
     def __init__(self, service):
         self._service = service
@@ -137,16 +161,7 @@ class GrpcServerService(Service):
         if not self._thd_authorized(context):
             self._reactor.callFromThread(self._auth_failed, context.peer())
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
-        size = request.ByteSize()
-        if size > self._max_message_bytes:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"request: {size} bytes, more than {self._max_message_bytes}")
-        mh = tuple((a.mh_id, a.webtransport_endpoint, _role_name(a.role))
-                   for a in request.mh_assignments)
-        try:
-            validate_assignment(request.meeting_id, mh)
-        except InvalidAssignment as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        mh = thd_valid_assignments(request, context, self._max_message_bytes)
         remaining = context.time_remaining()
         timeout = self._max_wait if remaining is None else min(remaining, self._max_wait)
         if timeout <= 0:
@@ -161,10 +176,7 @@ class GrpcServerService(Service):
         return pb.AssignMeetingWithMhResponse(accepted=accepted, rejection_reason=REASONS[reason])
 
     def _thd_authorized(self, context):
-        """One ``authorization`` header the check accepts (None when absent);
-        two are refused, whichever one a proxy would have looked at."""
-        values = [v for k, v in context.invocation_metadata() if k == "authorization"]
-        return len(values) <= 1 and self._token_check.check(values[0] if values else None)
+        return thd_authorized(context, self._token_check)
 
     def _thd_on_reactor(self, meeting_id, mh, gc_id, timeout):
         """Run ``assign`` on the reactor and wait at most ``timeout`` seconds

@@ -5,39 +5,12 @@ import json
 import os
 import signal
 
-import pytest
-
 from mc.proto import gc_mc_pb2 as pb
-from mc.testing.daemon import McProcess, wait_for
-from mc.testing.fakegc import FakeGc, assign_meeting
+from mc.testing.daemon import wait_for
+from mc.testing.fakegc import assign_meeting
+from tests.conftest import E2E_GC_TOKEN, E2E_SERVICE_TOKEN
 
-SERVICE_TOKEN = "e2e-service-token-Q7"
-GC_TOKEN = "e2e-gc-token-W3"
 MH = [("mh-1", "https://mh-1.example:4433", "MH_ROLE_PRIMARY")]
-
-
-@pytest.fixture
-def gc():
-    fake = FakeGc(SERVICE_TOKEN)
-    fake.set_intervals(1000, 3000)
-    fake.start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def start_mc(tmp_path, redis, gc):
-    started = []
-
-    def start(**kw):
-        env = {"MC_SHUTDOWN_GRACE_SECONDS": "1", **kw.pop("env", {})}
-        mc = McProcess(tmp_path, gc.url, redis.url, SERVICE_TOKEN, GC_TOKEN, env=env, **kw)
-        started.append(mc.start())
-        return mc
-
-    yield start
-    for mc in started:
-        mc.stop()
 
 
 def readyz(mc):
@@ -48,68 +21,68 @@ def readyz(mc):
         return status, body
 
 
-def fast_heartbeats(gc, since=0):
-    return [r.request for r in gc.heartbeats("fast")[since:]]
+def fast_heartbeats(fake_gc, since=0):
+    return [r.request for r in fake_gc.heartbeats("fast")[since:]]
 
 
-def test_registers_heartbeats_assigns_drains_and_stops_cleanly(start_mc, gc, redis):
-    gc.set_unavailable(True)
-    mc = start_mc()
+def test_registers_heartbeats_assigns_drains_and_stops_cleanly(mc_procs, fake_gc, redis):
+    fake_gc.set_unavailable(True)
+    mc = mc_procs()
     not_registered = {"ready": False, "reason": "not registered with GC"}
     wait_for(lambda: readyz(mc) == (503, not_registered), 20, what="/readyz 503 not registered")
     assert mc.http("/healthz")[0] == 200
     assert os.path.exists(mc.pidfile)
 
-    gc.set_unavailable(False)
-    gc.wait_for(lambda: [r for r in gc.registrations() if r.status == "OK"], timeout=20)
-    reg = [r for r in gc.registrations() if r.status == "OK"][0]
-    assert reg.metadata["authorization"] == "Bearer " + SERVICE_TOKEN
+    fake_gc.set_unavailable(False)
+    fake_gc.wait_for(lambda: [r for r in fake_gc.registrations() if r.status == "OK"], timeout=20)
+    reg = [r for r in fake_gc.registrations() if r.status == "OK"][0]
+    assert reg.metadata["authorization"] == "Bearer " + E2E_SERVICE_TOKEN
     assert reg.request.id == mc.mc_id
     assert reg.request.grpc_endpoint == f"http://127.0.0.1:{mc.grpc_port}"
-    gc.wait_for(lambda: fast_heartbeats(gc), timeout=10)
+    fake_gc.wait_for(lambda: fast_heartbeats(fake_gc), timeout=10)
     # DEGRADED when the machine running the suite is busy (host CPU >= 90 %).
-    assert fast_heartbeats(gc)[0].health in (pb.HEALTHY, pb.DEGRADED)
+    assert fast_heartbeats(fake_gc)[0].health in (pb.HEALTHY, pb.DEGRADED)
     wait_for(mc.ready, 10, what="/readyz 200")
 
-    r = assign_meeting(mc.grpc_target, "e2e-meeting-1", MH, GC_TOKEN)
+    r = assign_meeting(mc.grpc_target, "e2e-meeting-1", MH, E2E_GC_TOKEN)
     assert r.accepted
     assert redis.command("GET", "meeting:e2e-meeting-1:generation") == "1"
-    gc.wait_for(lambda: any(h.capacity.current_meetings == 1 for h in fast_heartbeats(gc)),
-                timeout=5)
+    fake_gc.wait_for(
+        lambda: any(h.capacity.current_meetings == 1 for h in fast_heartbeats(fake_gc)), 5)
     assert mc.metric("mc_meetings_current") == 1.0
     _, metrics = mc.http("/metrics")
     assert 'mc_meeting_assignments_total{rejection_reason="",status="accepted"} 1.0' in metrics
     assert "e2e-meeting-1" not in metrics
 
-    seen = len(gc.heartbeats("fast"))
+    seen = len(fake_gc.heartbeats("fast"))
     mc.signal(signal.SIGUSR2)
     wait_for(lambda: mc.http("/readyz")[0] == 503, 5, what="drain")
     assert json.loads(mc.http("/readyz")[1])["reason"] == "draining"
-    gc.wait_for(lambda: any(h.health == pb.DRAINING for h in fast_heartbeats(gc, seen)),
-                timeout=5)
-    r = assign_meeting(mc.grpc_target, "e2e-meeting-2", MH, GC_TOKEN)
+    fake_gc.wait_for(
+        lambda: any(h.health == pb.DRAINING for h in fast_heartbeats(fake_gc, seen)), 5)
+    r = assign_meeting(mc.grpc_target, "e2e-meeting-2", MH, E2E_GC_TOKEN)
     assert not r.accepted and r.rejection_reason == pb.REJECTION_REASON_DRAINING
 
-    seen = len(gc.heartbeats("fast"))
+    seen = len(fake_gc.heartbeats("fast"))
     mc.signal(signal.SIGUSR2)
     wait_for(mc.ready, 5, what="undrain")
-    gc.wait_for(lambda: any(h.health in (pb.HEALTHY, pb.DEGRADED)
-                            for h in fast_heartbeats(gc, seen)), timeout=5)
+    fake_gc.wait_for(lambda: any(h.health in (pb.HEALTHY, pb.DEGRADED)
+                                 for h in fast_heartbeats(fake_gc, seen)), 5)
 
-    seen = len(gc.heartbeats("fast"))
+    seen = len(fake_gc.heartbeats("fast"))
     mc.signal(signal.SIGTERM)
     assert mc.wait(20) == 0
     assert not os.path.exists(mc.pidfile)
-    assert fast_heartbeats(gc, seen)[0].health == pb.DRAINING
+    assert fast_heartbeats(fake_gc, seen)[0].health == pb.DRAINING
     log = mc.log()
     assert "still hosted" in log and "e2e-meeting-1" in log
     assert redis.command("GET", "meeting:e2e-meeting-1:generation") == "1"
-    for secret in (SERVICE_TOKEN, GC_TOKEN):
+    for secret in (E2E_SERVICE_TOKEN, E2E_GC_TOKEN):
         assert secret not in log and secret not in mc.output()
 
 
-def test_daemonized_with_pidfile_and_json_logs(start_mc, gc):
-    mc = start_mc(daemonize=True, env={"MC_LOG_FORMAT": "json"})
+def test_daemonized_with_pidfile_and_json_logs(mc_procs, fake_gc):
+    mc = mc_procs(daemonize=True, env={"MC_LOG_FORMAT": "json"})
     wait_for(lambda: os.path.exists(mc.pidfile), 20, what="pidfile")
     wait_for(mc.ready, 20, what="/readyz 200")
     mc.signal(signal.SIGTERM)
@@ -118,13 +91,13 @@ def test_daemonized_with_pidfile_and_json_logs(start_mc, gc):
     lines = [json.loads(line) for line in mc.log().splitlines()]
     assert any(e.get("mc_id") == mc.mc_id and "registered" in e["message"] for e in lines)
     assert all({"time", "level", "namespace", "message"} <= e.keys() for e in lines)
-    assert SERVICE_TOKEN not in mc.log() and GC_TOKEN not in mc.log()
+    assert E2E_SERVICE_TOKEN not in mc.log() and E2E_GC_TOKEN not in mc.log()
 
 
-def test_second_sigterm_cuts_the_wait_short(start_mc, gc):
-    mc = start_mc(env={"MC_SHUTDOWN_GRACE_SECONDS": "600"})
+def test_second_sigterm_cuts_the_wait_short(mc_procs, fake_gc):
+    mc = mc_procs(env={"MC_SHUTDOWN_GRACE_SECONDS": "600"})
     wait_for(mc.ready, 20, what="/readyz 200")
-    assert assign_meeting(mc.grpc_target, "e2e-meeting-9", MH, GC_TOKEN).accepted
+    assert assign_meeting(mc.grpc_target, "e2e-meeting-9", MH, E2E_GC_TOKEN).accepted
     mc.signal(signal.SIGTERM)
     wait_for(lambda: "waiting up to 600s" in mc.log(), 10, what="graceful wait")
     mc.signal(signal.SIGTERM)
@@ -132,9 +105,9 @@ def test_second_sigterm_cuts_the_wait_short(start_mc, gc):
     assert not os.path.exists(mc.pidfile)
 
 
-def test_configuration_error_names_the_variable_and_hides_secrets(start_mc):
-    mc = start_mc(env={"MC_MAX_PARTICIPANTS": "-5"})
+def test_configuration_error_names_the_variable_and_hides_secrets(mc_procs):
+    mc = mc_procs(env={"MC_MAX_PARTICIPANTS": "-5"})
     assert mc.wait(10) != 0
     out = mc.output()
     assert "MC_MAX_PARTICIPANTS: -5 is out of range" in out
-    assert SERVICE_TOKEN not in out and GC_TOKEN not in out
+    assert E2E_SERVICE_TOKEN not in out and E2E_GC_TOKEN not in out
