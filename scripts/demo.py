@@ -70,9 +70,10 @@ def run(workdir):
         reg = gc.registrations()[0]
         say("  the GC got RegisterMC: " + json_format.MessageToJson(
             reg.request, indent=None, preserving_proto_field_name=True))
-        say(f"  with metadata authorization: Bearer <{len(SERVICE_TOKEN)} bytes>")
+        auth = reg.metadata.get("authorization", "")
+        say(f"  with metadata authorization: {auth[:7]}<{len(auth) - 7} bytes, not shown>")
         wait_for(mc.ready, 20, what="/readyz 200")
-        say(f"  /readyz -> 200 {mc.http('/readyz')[1]}")
+        say(f"  /readyz -> 200 {mc.http('/readyz')[1].strip()}")
 
         heading(f"the GC assigns {MAX_MEETINGS + 1} meetings to an MC that takes "
                 f"{MAX_MEETINGS}")
