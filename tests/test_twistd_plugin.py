@@ -2,6 +2,7 @@
 plain ``pip install .``: twistd's plugin scan has pitfalls with each."""
 
 import os
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from mc import config as mcconfig
+from mc.testing.redisproc import free_port
+from tests.conftest import E2E_GC_TOKEN, E2E_SERVICE_TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
 TWISTD = "import sys; sys.argv[0] = \"twistd\"; from twisted.scripts.twistd import run; run()"
@@ -90,3 +93,34 @@ def test_missing_token_exits_non_zero(tmp_path):
                    timeout=10)
     assert r.returncode != 0
     assert "MC_SERVICE_TOKEN" in r.stdout + r.stderr
+
+
+def test_the_tac_file_builds_the_same_tree_from_the_environment(tmp_path, redis, fake_gc):
+    grpc_port, http_port = free_port(), free_port()
+    env = {**os.environ, "MC_SERVICE_TOKEN": E2E_SERVICE_TOKEN, "MC_GC_TOKENS": E2E_GC_TOKEN,
+           "MC_ID": "mc-tac-1", "GC_GRPC_URL": fake_gc.url, "REDIS_URL": redis.url,
+           "MC_GRPC_BIND_ADDRESS": f"127.0.0.1:{grpc_port}",
+           "MC_GRPC_ADVERTISE_URL": f"http://127.0.0.1:{grpc_port}",
+           "MC_HEALTH_BIND_ADDRESS": f"127.0.0.1:{http_port}", "MC_SHUTDOWN_GRACE_SECONDS": "0"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TWISTD, "-ny", str(ROOT / "tac" / "mc.tac"), "--pidfile",
+         str(tmp_path / "tac.pid"), "--logfile", str(tmp_path / "tac.log")],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        fake_gc.wait_for(lambda: [r for r in fake_gc.registrations()
+                                  if r.request.id == "mc-tac-1"], timeout=20)
+        fake_gc.wait_for(lambda: fake_gc.heartbeats("fast"), timeout=10)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    assert not (tmp_path / "tac.pid").exists()
+
+
+def test_the_tac_file_refuses_a_bad_environment(tmp_path):
+    env = {**os.environ, "MC_SERVICE_TOKEN": "tac-secret-5", "MC_INSECURE_NO_AUTH": "1",
+           "MC_GRPC_BIND_ADDRESS": "no-port"}
+    r = run_twistd(sys.executable, ["-ny", str(ROOT / "tac" / "mc.tac")], cwd=tmp_path,
+                   env=env, timeout=10)
+    assert r.returncode != 0
+    assert "MC_GRPC_BIND_ADDRESS: 'no-port' is not host:port" in r.stdout + r.stderr
+    assert "tac-secret-5" not in r.stdout + r.stderr
