@@ -12,6 +12,7 @@ Twisted object itself.
 import concurrent.futures
 
 import grpc
+from google.protobuf.message import DecodeError
 from twisted.application.service import Service
 from twisted.internet import defer, threads
 from twisted.internet.error import CannotListenError
@@ -19,7 +20,6 @@ from twisted.logger import Logger
 
 from mc.assignment import AT_CAPACITY, DRAINING, UNHEALTHY, InvalidAssignment, validate_assignment
 from mc.proto import gc_mc_pb2 as pb
-from mc.proto import gc_mc_pb2_grpc
 
 REASONS = {
     None: pb.REJECTION_REASON_UNSPECIFIED,
@@ -27,6 +27,8 @@ REASONS = {
     DRAINING: pb.REJECTION_REASON_DRAINING,
     UNHEALTHY: pb.REJECTION_REASON_UNHEALTHY,
 }
+
+SERVICE = pb.DESCRIPTOR.services_by_name["MeetingControllerService"].full_name
 
 #: Calls admitted (running or queued for a worker) per worker thread; beyond
 #: that grpcio answers RESOURCE_EXHAUSTED, which the GC treats as unavailable.
@@ -64,14 +66,6 @@ def thd_valid_assignments(request, context, max_message_bytes):
     except InvalidAssignment as e:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
     return mh
-
-
-class _Servicer(gc_mc_pb2_grpc.MeetingControllerServiceServicer):
-    def __init__(self, service):
-        self._service = service
-
-    def AssignMeetingWithMh(self, request, context):
-        return self._service.thd_assign(request, context)
 
 
 class GrpcServerService(Service):
@@ -122,7 +116,13 @@ class GrpcServerService(Service):
             ],
             maximum_concurrent_rpcs=self._max_workers * QUEUE_PER_WORKER,
         )
-        gc_mc_pb2_grpc.add_MeetingControllerServiceServicer_to_server(_Servicer(self), server)
+        # The request arrives as bytes and is parsed in thd_assign, so that bytes
+        # that are no request get INVALID_ARGUMENT rather than grpc's INTERNAL.
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
+            "AssignMeetingWithMh": grpc.unary_unary_rpc_method_handler(
+                self.thd_assign,
+                response_serializer=pb.AssignMeetingWithMhResponse.SerializeToString),
+        }),))
         try:
             port = server.add_insecure_port(self._address)
         except RuntimeError:
@@ -157,10 +157,15 @@ class GrpcServerService(Service):
 
     # --- grpc worker threads ----------------------------------------------
 
-    def thd_assign(self, request, context):
+    def thd_assign(self, raw, context):
         if not self._thd_authorized(context):
             self._reactor.callFromThread(self._auth_failed, context.peer())
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+        try:
+            request = pb.AssignMeetingWithMhRequest.FromString(raw)
+        except DecodeError:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "request: not an AssignMeetingWithMhRequest")
         mh = thd_valid_assignments(request, context, self._max_message_bytes)
         remaining = context.time_remaining()
         timeout = self._max_wait if remaining is None else min(remaining, self._max_wait)
