@@ -47,6 +47,12 @@ class Metrics:
         self.health = Gauge(
             "mc_health_status", "1 for the current health status", ["status"], registry=r)
         self.draining = Gauge("mc_draining", "1 while draining", registry=r)
+        self.heartbeat_failures = Gauge(
+            "mc_gc_heartbeat_consecutive_failures",
+            "Heartbeats failed in a row (not counting NOT_FOUND)", registry=r)
+        self.last_ack_age = Gauge(
+            "mc_gc_last_heartbeat_ack_age_seconds",
+            "Seconds since the GC last acknowledged a heartbeat (-1: never)", registry=r)
 
     def observe_lag(self, lag):
         self.reactor_lag.set(lag)

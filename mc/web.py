@@ -35,7 +35,7 @@ def not_ready_reason(health, liaison):
     return None
 
 
-def refresh_gauges(metrics, health, registry, liaison):
+def refresh_gauges(metrics, health, registry, liaison, clock):
     """Set the gauges that mirror state owned elsewhere, so a scrape reads
     the same values the next heartbeat would send."""
     snap = registry.snapshot()
@@ -46,6 +46,9 @@ def refresh_gauges(metrics, health, registry, liaison):
     metrics.redis_up.set(1 if health.redis_up else 0)
     metrics.registered.set(1 if liaison.registered else 0)
     metrics.draining.set(1 if health.draining else 0)
+    metrics.heartbeat_failures.set(liaison.consecutive_failures)
+    last_ack = liaison.last_ack
+    metrics.last_ack_age.set(-1 if last_ack is None else max(0.0, clock.seconds() - last_ack))
     current = health.status
     for status in STATUSES:
         metrics.health.labels(status).set(1 if status == current else 0)
@@ -109,9 +112,9 @@ class Readiness(_Endpoint):
 
 
 class MetricsPage(_Endpoint):
-    def __init__(self, metrics, health, registry, liaison):
+    def __init__(self, metrics, health, registry, liaison, clock):
         super().__init__()
-        self._args = (metrics, health, registry, liaison)
+        self._args = (metrics, health, registry, liaison, clock)
 
     def render_GET(self, request):
         refresh_gauges(*self._args)
@@ -149,7 +152,7 @@ class HealthHttpService(Service):
         root = _Root()
         root.putChild(b"healthz", Liveness(health))
         root.putChild(b"readyz", Readiness(health, liaison))
-        root.putChild(b"metrics", MetricsPage(metrics, health, registry, liaison))
+        root.putChild(b"metrics", MetricsPage(metrics, health, registry, liaison, reactor))
         self.site = _QuietSite(root, timeout=idle_timeout, reactor=reactor)
         # The wrapper tracks open connections, so stopService can close them.
         self._factory = WrappingFactory(self.site)

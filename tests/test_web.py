@@ -127,6 +127,18 @@ async def test_metrics_exposition(rig):
     assert MEETING_ID not in text
     labels = re.findall(r'="([^"]*)"', text)
     assert labels and not any("meeting" in value for value in labels)
+    assert "mc_gc_last_heartbeat_ack_age_seconds -1.0" in text
+    assert "mc_gc_heartbeat_consecutive_failures 0.0" in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_show_the_liaisons_heartbeat_state(rig):
+    rig.liaison.last_ack = reactor.seconds() - 12.0
+    rig.liaison.consecutive_failures = 3
+    text = (await rig.request("/metrics"))[1].decode()
+    age = float(re.search(r"^mc_gc_last_heartbeat_ack_age_seconds (\S+)$", text, re.M).group(1))
+    assert 12.0 <= age < 20.0
+    assert "mc_gc_heartbeat_consecutive_failures 3.0" in text
 
 
 @pytest_twisted.ensureDeferred
