@@ -10,7 +10,7 @@ from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from mc.backoff import retry_policy
+from mc.backoff import CAPPED_ATTEMPT, MAX_DELAY, retry_policy
 from mc.errors import GcCallError
 from mc.proto import gc_mc_pb2 as pb
 
@@ -137,9 +137,9 @@ class GcLiaison(Service):
         if err.code == "INVALID_ARGUMENT":
             self.log.critical(
                 "GC refused registration of {mc_id} as invalid ({details}): fix the "
-                "configuration; retrying every {cap:g}s", mc_id=self._config.mc_id,
-                details=err.details, cap=self._delay(100))
-            self._attempt = max(self._attempt, 100)
+                "configuration; retrying every {cap:g}s or so", mc_id=self._config.mc_id,
+                details=err.details, cap=MAX_DELAY)
+            self._attempt = max(self._attempt, CAPPED_ATTEMPT)
         else:
             self.log.warn("registration of {mc_id} failed: {code} {details}",
                           mc_id=self._config.mc_id, code=err.code, details=err.details)

@@ -6,7 +6,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from zope.interface.verify import verifyObject
 
-from mc.backoff import retry_policy
+from mc.backoff import CAPPED_ATTEMPT, MAX_DELAY, retry_policy
 from mc.health import DRAINING, Health
 from mc.interfaces import IGcClient
 from mc.liaison import GcLiaison
@@ -270,3 +270,8 @@ def test_draining_heartbeat_replaces_a_rate_limited_nudge(rig):
     rig.liaison.send_draining_heartbeat()
     rig.advance(2.0)
     assert [r.health for r in rig.client.requests("fast_heartbeat")] == [pb.HEALTHY, pb.DRAINING]
+
+
+def test_capped_attempt_is_the_first_at_the_cap():
+    nominal = retry_policy(rng=lambda: 0.0)
+    assert nominal(CAPPED_ATTEMPT) == MAX_DELAY > nominal(CAPPED_ATTEMPT - 1)
