@@ -5,8 +5,9 @@ setup(
     version="0.1.0",
     description="Meeting Controller: hosts the meetings a Global Controller assigns",
     python_requires=">=3.10",
-    packages=["mc", "mc.proto", "mc.testing", "twisted.plugins"],
-    package_data={"mc": ["lua/*.lua"]},
+    packages=["mc", "mc.proto", "mc.gc", "mc.redis", "mc.participants", "mc.ops", "mc.testing",
+              "twisted.plugins"],
+    package_data={"mc.redis": ["lua/*.lua"]},
     include_package_data=True,
     install_requires=[
         "twisted[tls]>=24.3",
@@ -20,6 +21,11 @@ setup(
         "prometheus_client>=0.20",
         # A C reply parser for txredisapi: the store's round trips are the hot path.
         "hiredis>=2",
+        # QUIC, TLS 1.3 and HTTP/3 with WebTransport, sans-I/O: the reactor drives it.
+        "aioquic>=1.2,<2",
+        # Meeting tokens: JWS signature and claim checks, EdDSA and ES256 via cryptography.
+        "PyJWT[crypto]>=2.8",
+        "cryptography>=42",
     ],
     extras_require={
         "test": [

@@ -3,7 +3,7 @@ would write it: a grpcio thread-pool server and redis-py, each worker doing the
 whole call itself.
 
 It does the MC's work for a call: the same bearer-token check and request
-validation (mc.grpcserver's thd_authorized and thd_valid_assignments, which
+validation (mc.gc.grpcserver's thd_authorized and thd_valid_assignments, which
 the MC's workers run too), the same capacity check
 (mc.meetings.MeetingRegistry, under a lock), the same Lua fencing the plain
 way, as issue 6 describes it: claim (the CLAIM script), then the fenced writes
@@ -30,15 +30,15 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mc import scripts  # noqa: E402
 from mc.assignment import assignment_record  # noqa: E402
-from mc.auth import TokenCheck  # noqa: E402
 from mc.config import Secret  # noqa: E402
-from mc.grpcserver import thd_authorized, thd_valid_assignments  # noqa: E402
+from mc.gc.auth import TokenCheck  # noqa: E402
+from mc.gc.grpcserver import thd_authorized, thd_valid_assignments  # noqa: E402
 from mc.meetings import AtCapacity, MeetingRegistry  # noqa: E402
 from mc.proto import gc_mc_pb2 as pb  # noqa: E402
 from mc.proto import gc_mc_pb2_grpc  # noqa: E402
-from mc.store import RedisFencedStore, write_state_call  # noqa: E402
+from mc.redis import scripts  # noqa: E402
+from mc.redis.store import RedisFencedStore, write_state_call  # noqa: E402
 
 MAX_MESSAGE_BYTES = 64 * 1024  # as the MC's gRPC server
 ACCEPTED = pb.AssignMeetingWithMhResponse(accepted=True)

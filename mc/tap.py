@@ -10,8 +10,8 @@ import os
 from twisted.python import usage
 
 from mc import config as mcconfig
-from mc import logs
 from mc.errors import ConfigError
+from mc.ops import logs
 
 
 def _param_help(s):

@@ -5,18 +5,18 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mc.assignment import AssignmentService
-from mc.auth import AllowAll, TokenCheck
-from mc.gcclient import GrpcGcClient
-from mc.grpcserver import GrpcServerService
-from mc.health import Health, HealthMonitor
-from mc.liaison import GcLiaison
-from mc.lifecycle import Lifecycle
+from mc.gc.auth import AllowAll, TokenCheck
+from mc.gc.gcclient import GrpcGcClient
+from mc.gc.grpcserver import GrpcServerService
+from mc.gc.liaison import GcLiaison
 from mc.meetings import MeetingRegistry
-from mc.metrics import Metrics
-from mc.probe import SystemProbe
+from mc.ops.health import Health, HealthMonitor
+from mc.ops.lifecycle import Lifecycle
+from mc.ops.metrics import Metrics
+from mc.ops.probe import SystemProbe
+from mc.ops.web import HealthHttpService
+from mc.redis.store import RedisFencedStore
 from mc.service import OrderedMultiService
-from mc.store import RedisFencedStore
-from mc.web import HealthHttpService
 
 log = Logger(namespace="mc.tree")
 

@@ -8,7 +8,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from mc.config import parse_redis_url
-from mc.store import RedisFencedStore
+from mc.redis.store import RedisFencedStore
 from mc.testing.daemon import McProcess
 from mc.testing.fakegc import FakeGc
 from mc.testing.redisproc import RedisProcess

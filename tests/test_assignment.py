@@ -19,13 +19,13 @@ from mc.assignment import (
     assignment_record,
     validate_assignment,
 )
-from mc.auth import AllowAll, TokenCheck
 from mc.config import Secret
 from mc.errors import FencedOut, StoreUnavailable
-from mc.health import Health
+from mc.gc.auth import AllowAll, TokenCheck
 from mc.interfaces import IFencedStore, ITokenCheck
 from mc.meetings import MeetingRegistry
-from mc.metrics import Metrics
+from mc.ops.health import Health
+from mc.ops.metrics import Metrics
 from mc.testing.doubles import ScriptedGcClient, gc_error
 from tests.configs import make_config
 

@@ -13,12 +13,12 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task, threads
 
 from mc.assignment import AssignmentService
-from mc.auth import AllowAll, TokenCheck
-from mc.gcclient import GrpcGcClient
-from mc.grpcserver import GrpcServerService
-from mc.health import Health
+from mc.gc.auth import AllowAll, TokenCheck
+from mc.gc.gcclient import GrpcGcClient
+from mc.gc.grpcserver import GrpcServerService
 from mc.meetings import MeetingRegistry
-from mc.metrics import Metrics
+from mc.ops.health import Health
+from mc.ops.metrics import Metrics
 from mc.proto import gc_mc_pb2 as pb
 from mc.testing.doubles import ScriptedGcClient
 from mc.testing.fakegc import FakeGc, assign_meeting

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from twisted.internet import defer, reactor, threads
 
 from mc.assignment import AssignmentService
-from mc.health import Health
-from mc.keys import generation_key, mh_key, state_key
 from mc.meetings import MeetingRegistry
-from mc.metrics import Metrics
+from mc.ops.health import Health
+from mc.ops.metrics import Metrics
 from mc.proto import gc_mc_pb2 as pb
+from mc.redis.keys import generation_key, mh_key, state_key
 from mc.testing.daemon import wait_for
 from mc.testing.doubles import ScriptedGcClient
 from mc.testing.fakegc import assign_meeting

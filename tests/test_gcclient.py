@@ -16,7 +16,7 @@ from twisted.internet import defer, reactor, task
 from zope.interface.verify import verifyObject
 
 from mc.errors import GcCallError
-from mc.gcclient import GrpcGcClient
+from mc.gc.gcclient import GrpcGcClient
 from mc.interfaces import IGcClient
 from mc.proto import gc_mc_pb2
 from mc.testing.fakegc import FakeGc

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mc.assignment import InvalidAssignment, validate_assignment
-from mc.keys import meetings_index_key
 from mc.proto import gc_mc_pb2 as pb
 from mc.proto import gc_mc_pb2_grpc
+from mc.redis.keys import meetings_index_key
 from mc.testing.daemon import wait_for
 from tests.conftest import E2E_GC_TOKEN
 

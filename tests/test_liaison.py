@@ -7,11 +7,11 @@ from twisted.logger import LogLevel, capturedLogs
 from zope.interface.verify import verifyObject
 
 from mc.backoff import CAPPED_ATTEMPT, MAX_DELAY, retry_policy
-from mc.health import DRAINING, Health
+from mc.gc.liaison import GcLiaison
 from mc.interfaces import IGcClient
-from mc.liaison import GcLiaison
 from mc.meetings import MeetingRegistry
-from mc.metrics import Metrics
+from mc.ops.health import DRAINING, Health
+from mc.ops.metrics import Metrics
 from mc.proto import gc_mc_pb2 as pb
 from mc.testing.doubles import ScriptedGcClient, gc_error
 from tests.configs import make_config

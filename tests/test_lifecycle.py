@@ -7,9 +7,9 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
-from mc.health import DRAINING, HEALTHY, Health
-from mc.lifecycle import Lifecycle
 from mc.meetings import MeetingRegistry
+from mc.ops.health import DRAINING, HEALTHY, Health
+from mc.ops.lifecycle import Lifecycle
 from tests.configs import make_config
 
 

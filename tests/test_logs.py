@@ -18,7 +18,7 @@ from twisted.logger import (
 )
 from twisted.scripts.twistd import ServerOptions
 
-from mc import logs
+from mc.ops import logs
 from mc.tap import Options
 from tests.configs import TEST_GC_TOKEN, TEST_SERVICE_TOKEN, make_config
 
@@ -83,10 +83,10 @@ def test_failure_becomes_a_traceback_string():
 
 def test_captured_events_format_like_emitted_ones():
     with capturedLogs() as events:
-        Logger(namespace="mc.liaison").info("registered as {mc_id}", mc_id="mc-9")
+        Logger(namespace="mc.gc.liaison").info("registered as {mc_id}", mc_id="mc-9")
     (line,) = [json.loads(logs.event_as_json(e)) for e in events]
     assert (line["message"], line["mc_id"], line["namespace"]) == (
-        "registered as mc-9", "mc-9", "mc.liaison")
+        "registered as mc-9", "mc-9", "mc.gc.liaison")
 
 
 def test_redact_replaces_every_occurrence_longest_first():

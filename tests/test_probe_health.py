@@ -4,9 +4,9 @@ import pytest
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from mc.health import DEGRADED, DRAINING, HEALTHY, UNHEALTHY, Health, HealthMonitor
 from mc.interfaces import ISystemProbe
-from mc.probe import SystemProbe, cgroup_dir
+from mc.ops.health import DEGRADED, DRAINING, HEALTHY, UNHEALTHY, Health, HealthMonitor
+from mc.ops.probe import SystemProbe, cgroup_dir
 from mc.testing.doubles import FixedProbe
 
 

@@ -6,14 +6,14 @@ import signal
 import pytest_twisted
 from twisted.internet import reactor
 
-from mc import scripts
 from mc.assignment import AssignmentService
-from mc.health import Health
-from mc.keys import generation_key, meetings_index_key, state_key
 from mc.meetings import MeetingRegistry
-from mc.metrics import Metrics
+from mc.ops.health import Health
+from mc.ops.metrics import Metrics
 from mc.proto import gc_mc_pb2 as pb
-from mc.store import claim_and_write_call
+from mc.redis import scripts
+from mc.redis.keys import generation_key, meetings_index_key, state_key
+from mc.redis.store import claim_and_write_call
 from mc.testing.daemon import wait_for
 from mc.testing.doubles import ScriptedGcClient
 from mc.testing.fakegc import assign_meeting

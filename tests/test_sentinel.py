@@ -13,7 +13,7 @@ from twisted.internet.task import deferLater
 
 from mc.config import parse_redis_url
 from mc.errors import StoreUnavailable
-from mc.keys import generation_key, state_key
+from mc.redis.keys import generation_key, state_key
 from mc.testing.daemon import wait_for
 from mc.testing.redisproc import RedisProcess, SentinelProcess
 from tests.helpers import wait_until

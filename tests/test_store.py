@@ -9,12 +9,12 @@ from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from zope.interface.verify import verifyObject
 
-from mc import scripts
 from mc.config import parse_redis_url
 from mc.errors import CorruptGeneration, FencedOut, StoreError, StoreUnavailable
 from mc.interfaces import IFencedStore
-from mc.keys import generation_key, mh_key, state_key
-from mc.store import MAX_BATCH, RedisFencedStore
+from mc.redis import scripts
+from mc.redis.keys import generation_key, mh_key, state_key
+from mc.redis.store import MAX_BATCH, RedisFencedStore
 from mc.testing.redisproc import RedisProcess
 from tests.helpers import wait_until
 

@@ -14,10 +14,10 @@ from twisted.internet.protocol import Protocol
 from twisted.web.client import Agent, readBody
 
 from mc.config import Address
-from mc.health import Health
 from mc.meetings import MeetingRegistry
-from mc.metrics import Metrics
-from mc.web import LIVENESS_LAG_LIMIT, HealthHttpService
+from mc.ops.health import Health
+from mc.ops.metrics import Metrics
+from mc.ops.web import LIVENESS_LAG_LIMIT, HealthHttpService
 from tests.helpers import wait_until
 
 MEETING_ID = "meeting-7f3a9c"

@@ -18,7 +18,7 @@ from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from mc.health import DEGRADED, DRAINING, HEALTHY, UNHEALTHY
+from mc.ops.health import DEGRADED, DRAINING, HEALTHY, UNHEALTHY
 
 LIVENESS_LAG_LIMIT = 10.0
 STATUSES = (HEALTHY, DEGRADED, UNHEALTHY, DRAINING)

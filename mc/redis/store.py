@@ -12,10 +12,10 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mc import scripts
 from mc.errors import CorruptGeneration, FencedOut, StoreError, StoreUnavailable
 from mc.interfaces import IFencedStore
-from mc.keys import generation_key, meetings_index_key, mh_key, state_key
+from mc.redis import scripts
+from mc.redis.keys import generation_key, meetings_index_key, mh_key, state_key
 
 #: The contract's ``meeting:<id>:mh`` fields, no more and no fewer.
 ASSIGNMENT_FIELDS = frozenset(

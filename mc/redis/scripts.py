@@ -25,11 +25,11 @@ class Script:
 
 
 def _load(name, prelude):
-    source = prelude + "\n" + files("mc").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    source = prelude + "\n" + files("mc.redis").joinpath("lua", f"{name}.lua").read_text("utf-8")
     return Script(name, source, hashlib.sha1(source.encode()).hexdigest())
 
 
-_prelude = files("mc").joinpath("lua", _PRELUDE).read_text("utf-8")
+_prelude = files("mc.redis").joinpath("lua", _PRELUDE).read_text("utf-8")
 
 CLAIM = _load("claim", _prelude)
 CLAIM_AND_WRITE = _load("claim_and_write", _prelude)

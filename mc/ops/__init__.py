@@ -1,0 +1,1 @@
+"""The operator: HTTP probes, metrics, signals, logs, health."""

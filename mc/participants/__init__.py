@@ -1,0 +1,1 @@
+"""The participants peer: WebTransport over QUIC on the reactor, signalling, meeting tokens."""
