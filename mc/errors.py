@@ -49,3 +49,16 @@ class GcCallError(Exception):
         self.method = method
         self.code = code
         self.details = details
+
+
+class InvalidToken(Exception):
+    """A meeting token failed a check. ``why`` is for our debug logs only
+    (never a token's content); the client hears only "invalid or expired token"."""
+
+    def __init__(self, why):
+        super().__init__(why)
+        self.why = why
+
+
+class NoJwks(Exception):
+    """No JWKS was ever loaded, so no meeting token can be checked."""

@@ -78,3 +78,72 @@ class ISystemProbe(Interface):
 
     def memory_percent():
         """Memory in use against the applicable limit, 0..100."""
+
+
+class ISessionTransport(Interface):
+    """One accepted WebTransport session as signalling sees it: the client's
+    one bidirectional stream, and the session around it. Implemented by
+    ``mc.participants.webtransport``; called on the reactor thread only."""
+
+    peer = Attribute("The client's ``(host, port)``, for logs.")
+    stream_open = Attribute("True once the client has opened its bidirectional stream.")
+    buffered = Attribute("Bytes written on the stream that the client has not yet "
+                         "acknowledged (queued, or sent and unacknowledged).")
+
+    def write(data):
+        """Queue ``data`` on the client's stream; it leaves within this reactor
+        turn. Ignored before the stream exists or after the session ended."""
+
+    def finish():
+        """Send what is queued, FIN the stream and close the session cleanly
+        (CLOSE_WEBTRANSPORT_SESSION). The handler then gets ``session_closed(True)``."""
+
+    def abort():
+        """Drop the session at once, queued data included (a client that does
+        not read). The handler then gets ``session_closed(False)``."""
+
+
+class ISessionHandler(Interface):
+    """What a WebTransport session tells signalling; one per session, made by
+    the transport's handler factory when the CONNECT is accepted."""
+
+    def session_opened(transport):
+        """The CONNECT was answered 200; ``transport`` provides ISessionTransport."""
+
+    def data_received(data):
+        """Bytes arrived on the client's bidirectional stream (the first call
+        also means the stream was opened)."""
+
+    def stream_ended():
+        """The client finished its stream (FIN): it leaves on purpose."""
+
+    def session_closed(clean):
+        """The session is over and the transport forgets it. ``clean``: the
+        client closed the session or the connection without error (QUIC
+        NO_ERROR, H3_NO_ERROR, a CLOSE_WEBTRANSPORT_SESSION capsule, a FIN of
+        the CONNECT stream) or we called ``finish``; False for an idle
+        timeout, a connection error, a reset of the stream, or ``abort``.
+        Called exactly once."""
+
+
+class ITokenVerifier(Interface):
+    """Checks a participant's meeting token (a JWT) against the Auth
+    Controller's JWKS."""
+
+    ready = Attribute("True once a JWKS has been loaded (and kept since).")
+
+    def verify(token, meeting_id):
+        """Fire with the token's claims (a dict) when it is valid for
+        ``meeting_id``; fail with ``mc.errors.InvalidToken`` (no detail of the
+        check that failed reaches the client) or ``mc.errors.NoJwks`` when no
+        JWKS was ever loaded."""
+
+
+class IParticipantSink(Interface):
+    """Where a meeting delivers what one participant must hear; the
+    signalling session implements it. Events (``mc.meetings``) are shared by
+    every recipient of one fan-out, so an encoding may be cached on them."""
+
+    def deliver(event):
+        """Send ``event`` (Joined, Left, MuteChanged or Redirect) to the
+        participant; never raises, never blocks."""

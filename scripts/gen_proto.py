@@ -1,4 +1,5 @@
-"""Regenerate mc/proto/gc_mc_pb2{.py,.pyi,_grpc.py} from proto/gc_mc.proto.
+"""Regenerate mc/proto/ from proto/: gc_mc_pb2{.py,.pyi,_grpc.py} (the GC's
+contract) and signaling_pb2{.py,.pyi} (the participants', no service).
 
 The modules are committed so that ``pip install .`` needs no build step;
 tests/test_proto.py runs this into a temp dir and fails on any difference, so
@@ -20,7 +21,9 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 PACKAGE = "mc/proto"
-OUTPUTS = ("gc_mc_pb2.py", "gc_mc_pb2.pyi", "gc_mc_pb2_grpc.py")
+OUTPUTS = ("gc_mc_pb2.py", "gc_mc_pb2.pyi", "gc_mc_pb2_grpc.py",
+           "signaling_pb2.py", "signaling_pb2.pyi")
+SOURCES = ("gc_mc.proto", "signaling.proto")
 
 
 def generate(out_dir):
@@ -34,10 +37,10 @@ def generate(out_dir):
             f"--python_out={tmp}",
             f"--pyi_out={tmp}",
             f"--grpc_python_out={tmp}",
-            f"{PACKAGE}/gc_mc.proto",
+            *(f"{PACKAGE}/{source}" for source in SOURCES),
         ]
         if protoc.main(args) != 0:
-            raise RuntimeError("protoc failed on proto/gc_mc.proto")
+            raise RuntimeError(f"protoc failed on proto/{', proto/'.join(SOURCES)}")
         for name in OUTPUTS:
             shutil.copyfile(Path(tmp, PACKAGE, name), out_dir / name)
     return [out_dir / name for name in OUTPUTS]
