@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from mc.backoff import retry_policy
 from mc.config import ID_RE, parse_http_url
 from mc.errors import ConfigError, FencedOut, GcCallError, StoreError
-from mc.meetings import AtCapacity
+from mc.meetings import MOVED, AtCapacity
 from mc.proto import gc_mc_pb2 as pb
 
 MAX_MH_ASSIGNMENTS = 16
@@ -341,11 +341,13 @@ class AssignmentService(Service):
         return (False, UNHEALTHY) if kind == _ACCEPT else None
 
     def _lost(self, m, fenced):
-        """Another MC claimed the meeting: stop hosting it and never write its
-        keys again (only the actor that lost it is removed)."""
+        """Another MC claimed the meeting: stop hosting it, never write its
+        keys again nor say it ended (it lives on there), and send its
+        participants to the GC (only the actor that lost it is removed)."""
         if self._registry.get(m.meeting_id) is not m:
             return
         self._registry.remove(m.meeting_id)
+        m.redirect_all(MOVED)  # its people join again through the GC
         self._metrics.fenced_out.inc()
         self.log.error("fenced out of meeting {meeting_id}: our generation {generation}, stored "
                        "{stored_generation}; no longer hosting it", mc_id=self._config.mc_id,

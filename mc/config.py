@@ -6,6 +6,8 @@ environment or from files, never from flag values, and are redacted in every
 repr so they cannot reach a log line.
 """
 
+import base64
+import binascii
 import os
 import re
 import secrets
@@ -21,6 +23,8 @@ MAX_URL_LEN = 255
 MAX_UINT31 = 2**31 - 1
 MAX_TOKEN_BYTES = 8192
 TOKEN_RE = re.compile(r"[\x21-\x7e]+")
+MIN_BINDING_SECRET_BYTES = 32
+DEFAULT_WEBTRANSPORT_PORT = 4433
 
 
 class Secret:
@@ -230,6 +234,46 @@ def parse_redis_url(option, value):
     return RedisTarget(parts.scheme, parts.hostname, port, db, password, parts.username or None)
 
 
+def parse_jwks_url(option, value):
+    """Where the Auth Controller's JWKS is: ``https://``, ``http://`` or
+    ``file://`` (a local file, for a mounted secret or tests)."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        raise ConfigError(option, f"{value!r} is not a valid URL") from None
+    if parts.scheme == "file":
+        if not parts.path:
+            raise ConfigError(option, f"{value!r} names no file")
+        return value
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(option, f"{value!r} must be an https://, http:// or file:// URL")
+    if parts.username or parts.password:
+        raise ConfigError(option, "must not carry credentials")
+    return value
+
+
+def parse_origins(option, value):
+    """Comma-separated origins (``https://app.example.com``); empty: any."""
+    origins = tuple(o.strip().rstrip("/") for o in value.split(",") if o.strip())
+    for origin in origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+            raise ConfigError(option, f"{origin!r} is not an origin (scheme://host[:port])")
+    return origins
+
+
+def parse_binding_secret(option, value):
+    """Base64 of at least 32 random bytes."""
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except (ValueError, binascii.Error):
+        raise ConfigError(option, "is not base64") from None
+    if len(raw) < MIN_BINDING_SECRET_BYTES:
+        raise ConfigError(option, f"must decode to at least {MIN_BINDING_SECRET_BYTES} bytes, "
+                          f"not {len(raw)}")
+    return Secret(raw)
+
+
 def parse_choice(*choices):
     def parse(option, value):
         if value not in choices:
@@ -288,8 +332,29 @@ SETTINGS = (
             "host:port the MC's gRPC server listens on"),
     Setting("grpc_advertise", "MC_GRPC_ADVERTISE_URL", "grpc-advertise", None, parse_http_url,
             "gRPC URL the GC should call [default: http://<FQDN>:<grpc port>]"),
+    Setting("webtransport_listen", "MC_WEBTRANSPORT_BIND_ADDRESS", "webtransport-listen",
+            f"0.0.0.0:{DEFAULT_WEBTRANSPORT_PORT}", parse_address,
+            "host:port (UDP) where participants' WebTransport sessions arrive"),
     Setting("webtransport_advertise", "MC_WEBTRANSPORT_ADVERTISE_URL", "webtransport-advertise",
-            None, parse_http_url, "WebTransport URL for clients [default: https://<FQDN>:4433]"),
+            None, parse_http_url, "WebTransport URL for clients; its path is the session path "
+            "[default: https://<FQDN>:<WebTransport port>]"),
+    Setting("tls_cert", "MC_TLS_CERT_PATH", "tls-cert", None, None,
+            "Certificate chain (PEM) of the WebTransport endpoint; required"),
+    Setting("tls_key", "MC_TLS_KEY_PATH", "tls-key", None, None,
+            "Private key (PEM) of that certificate; required"),
+    Setting("allowed_origins", "MC_WEBTRANSPORT_ALLOWED_ORIGINS", "allowed-origins", "",
+            parse_origins, "Comma-separated origins allowed to open sessions [default: any]"),
+    Setting("jwks_url", "AC_JWKS_URL", "jwks-url", None, parse_jwks_url,
+            "The Auth Controller's JWKS (https://, http:// or file://); required"),
+    Setting("token_audience", "MC_TOKEN_AUDIENCE", "token-audience", None, None,
+            "Required 'aud' of meeting tokens [default: not checked]"),
+    Setting("clock_skew", "MC_CLOCK_SKEW_SECONDS", "clock-skew", 5.0, _seconds(0, 300),
+            "Seconds of clock skew allowed on a meeting token's exp and iat"),
+    Setting("max_participants_per_meeting", "MC_MAX_PARTICIPANTS_PER_MEETING",
+            "max-participants-per-meeting", 1000, _int_range(1, MAX_UINT31),
+            "Most participants in one meeting"),
+    Setting("disconnect_grace", "MC_DISCONNECT_GRACE_PERIOD_SECONDS", "disconnect-grace", 30.0,
+            _seconds(0, 3600), "Seconds a participant whose connection was lost keeps its place"),
     Setting("health_listen", "MC_HEALTH_BIND_ADDRESS", "health-listen", "0.0.0.0:8081",
             parse_address, "host:port of /healthz, /readyz and /metrics"),
     Setting("max_meetings", "MC_MAX_MEETINGS", "max-meetings", 1000, _int_range(1, MAX_UINT31),
@@ -319,6 +384,8 @@ SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
 SERVICE_TOKEN = ("MC_SERVICE_TOKEN", "MC_SERVICE_TOKEN_FILE", "service-token-file")
 GC_TOKENS = ("MC_GC_TOKENS", "MC_GC_TOKENS_FILE", "gc-tokens-file")
+BINDING_SECRET = ("MC_BINDING_TOKEN_SECRET", "MC_BINDING_TOKEN_SECRET_FILE",
+                  "binding-token-secret-file")
 INSECURE_NO_AUTH_FLAG = "insecure-no-auth"
 INSECURE_NO_AUTH_ENV = "MC_INSECURE_NO_AUTH"
 
@@ -334,7 +401,16 @@ class Config:
     redis: RedisTarget
     grpc_listen: Address
     grpc_advertise: str
+    webtransport_listen: Address
     webtransport_advertise: str
+    tls_cert: str
+    tls_key: str
+    allowed_origins: tuple
+    jwks_url: str
+    token_audience: str
+    clock_skew: float
+    max_participants_per_meeting: int
+    disconnect_grace: float
     health_listen: Address
     max_meetings: int
     max_participants: int
@@ -348,11 +424,17 @@ class Config:
     log_level: str
     service_token: Secret
     gc_tokens: tuple
+    binding_secret: Secret
     insecure_no_auth: bool = False
 
     @property
     def gc_tls(self):
         return self.gc_url.startswith("https://")
+
+    @property
+    def webtransport_path(self):
+        """The path sessions must CONNECT to: the advertised URL's, or ``/``."""
+        return urlsplit(self.webtransport_advertise).path or "/"
 
     @property
     def gc_target(self):
@@ -367,6 +449,8 @@ class Config:
             v = getattr(self, f.name)
             if f.name == "gc_tokens":
                 v = f"<{len(v)} redacted>"
+            elif f.name == "jwks_url":
+                v = urlsplit(v)._replace(query="", fragment="").geturl()
             elif isinstance(v, (Secret, RedisTarget, Address)):
                 v = str(v)
             out[f.name] = v
@@ -417,6 +501,14 @@ def load(flags=None, environ=None):
 
     if values["gc_ca_file"] is not None and not os.path.isfile(values["gc_ca_file"]):
         raise ConfigError(SETTINGS_BY_NAME["gc_ca_file"].option, "file does not exist")
+    for name, what in (("tls_cert", "the WebTransport certificate chain (PEM)"),
+                       ("tls_key", "the WebTransport private key (PEM)"),
+                       ("jwks_url", "where meeting tokens' keys are")):
+        if values[name] is None:
+            raise ConfigError(SETTINGS_BY_NAME[name].option, f"is required: {what}")
+    for name in ("tls_cert", "tls_key"):
+        if not os.path.isfile(values[name]):
+            raise ConfigError(SETTINGS_BY_NAME[name].option, "file does not exist")
     values["redis"] = values.pop("redis_url")
     if values["mc_id"] is None:
         values["mc_id"] = default_mc_id()
@@ -428,7 +520,10 @@ def load(flags=None, environ=None):
                               "required when the gRPC port is 0")
         values["grpc_advertise"] = f"http://{host}:{values['grpc_listen'].port}"
     if values["webtransport_advertise"] is None:
-        values["webtransport_advertise"] = f"https://{host}:4433"
+        if values["webtransport_listen"].port == 0:
+            raise ConfigError(SETTINGS_BY_NAME["webtransport_advertise"].option,
+                              "required when the WebTransport port is 0")
+        values["webtransport_advertise"] = f"https://{host}:{values['webtransport_listen'].port}"
 
     option, raw = _secret_source(flags, environ, SERVICE_TOKEN)
     if raw is None:
@@ -445,4 +540,9 @@ def load(flags=None, environ=None):
     else:
         values["gc_tokens"] = parse_token_list(option, raw)
     values["insecure_no_auth"] = insecure
+
+    option, raw = _secret_source(flags, environ, BINDING_SECRET)
+    # Unset: a random one, so binding tokens still work for this process's life.
+    values["binding_secret"] = (Secret(secrets.token_bytes(MIN_BINDING_SECRET_BYTES))
+                                if raw is None else parse_binding_secret(option, raw))
     return Config(**values)

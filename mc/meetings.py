@@ -14,7 +14,8 @@ Snapshot = namedtuple("Snapshot", "meetings participants max_meetings max_partic
 
 
 class AtCapacity(Exception):
-    """No slot: ``resource`` is ``"meetings"`` or ``"participants"``."""
+    """No slot: ``resource`` is ``"meetings"``, ``"participants"`` (the MC's
+    caps) or ``"meeting"`` (one meeting's participant cap)."""
 
     def __init__(self, resource):
         super().__init__(f"at capacity: {resource}")
@@ -25,17 +26,100 @@ class UnknownMeeting(KeyError):
     pass
 
 
-#: Shared by every meeting nobody has joined yet: an empty set costs 216 bytes
-#: and an MC hosts thousands of meetings that are waiting for people.
-_NOBODY = frozenset()
+#: Shared by every meeting nobody has joined yet: an empty dict costs 64 bytes
+#: and an MC hosts thousands of meetings that are waiting for people. Never
+#: mutated: the first admission gives the meeting a dict of its own.
+_NOBODY = {}
+
+#: ``ParticipantLeft`` reasons, named as in the signalling contract.
+VOLUNTARY = "VOLUNTARY"
+KICKED = "KICKED"
+TIMEOUT = "TIMEOUT"
+
+#: ``RedirectToMc`` reasons.
+DRAINING = "draining"
+MOVED = "moved"
+
+
+class _Event:
+    """One thing a meeting tells its participants. The same object goes to
+    every recipient of a fan-out, so the sink encodes it once (``frame``)."""
+
+    __slots__ = ("frame",)
+
+    def __init__(self):
+        self.frame = None
+
+
+class Joined(_Event):
+    __slots__ = ("participant_id", "name", "joined_at_ms")
+
+    def __init__(self, p):
+        super().__init__()
+        self.participant_id, self.name, self.joined_at_ms = p.participant_id, p.name, p.joined_at_ms
+
+
+class Left(_Event):
+    __slots__ = ("participant_id", "reason")
+
+    def __init__(self, participant_id, reason):
+        super().__init__()
+        self.participant_id, self.reason = participant_id, reason
+
+
+class MuteChanged(_Event):
+    __slots__ = ("participant_id", "audio_muted", "video_muted")
+
+    def __init__(self, p):
+        super().__init__()
+        self.participant_id = p.participant_id
+        self.audio_muted, self.video_muted = p.audio_muted, p.video_muted
+
+
+class Redirect(_Event):
+    __slots__ = ("meeting_id", "reason")
+
+    def __init__(self, meeting_id, reason):
+        super().__init__()
+        self.meeting_id, self.reason = meeting_id, reason
+
+
+class Participant:
+    """One person in a meeting. ``sink`` (an IParticipantSink) is None while
+    the participant is disconnected and holds its place (the grace)."""
+
+    __slots__ = ("participant_id", "user_id", "sub", "name", "joined_at_ms", "audio_muted",
+                 "video_muted", "sink", "meeting", "binding")
+
+    def __init__(self, meeting, participant_id, user_id, sub, name, joined_at_ms, sink):
+        self.meeting = meeting
+        self.participant_id = participant_id
+        self.user_id = user_id
+        self.sub = sub
+        self.name = name
+        self.joined_at_ms = joined_at_ms
+        self.audio_muted = False
+        self.video_muted = False
+        self.sink = sink
+        self.binding = None  # the participants layer's reconnect state
+
+    @property
+    def muted(self):
+        return self.audio_muted or self.video_muted
+
+    def __repr__(self):
+        return (f"<Participant {self.participant_id} user={self.user_id} of "
+                f"{self.meeting.meeting_id}>")
 
 
 class Meeting:
-    """One hosted meeting, owned under ``generation`` (its fencing epoch)."""
+    """One hosted meeting, owned under ``generation`` (its fencing epoch), and
+    the people in it. Methods that change who is in it take ``now`` (seconds)
+    rather than reading a clock."""
 
     __slots__ = (
         "meeting_id", "generation", "mh_assignments", "created_at",
-        "idle_since", "_participants", "_registry",
+        "idle_since", "_participants", "_registry", "_next_user_id",
     )
 
     def __init__(self, registry, meeting_id, generation, mh_assignments, now):
@@ -45,34 +129,80 @@ class Meeting:
         self.mh_assignments = mh_assignments
         self.created_at = now
         self.idle_since = now
-        self._participants = _NOBODY  # a set of its own from the first join
+        self._participants = _NOBODY
+        self._next_user_id = 1
+
+    @property
+    def hosted(self):
+        """False once the registry stopped hosting it (ended, or lost to
+        another MC); its participants may still be leaving."""
+        return self._registry is not None
 
     @property
     def participants(self):
-        return frozenset(self._participants)
+        """The participants, in the order they joined."""
+        return tuple(self._participants.values())
 
     @property
     def participant_count(self):
         return len(self._participants)
 
-    def join(self, participant_id):
-        """Add a participant; joining twice is a no-op."""
-        if participant_id in self._participants:
-            return
+    @property
+    def media_servers(self):
+        """The media handlers' URLs, primary first (the GC's order)."""
+        return tuple(endpoint for _mh_id, endpoint, _role in self.mh_assignments)
+
+    def participant(self, participant_id):
+        return self._participants.get(participant_id)
+
+    def admit(self, sub, name, sink, now, new_id):
+        """Add a participant and tell everyone else; raise AtCapacity when
+        the meeting or the MC is full. ``new_id()`` makes a participant id;
+        one already in use here is drawn again."""
+        if self._registry is None:
+            raise UnknownMeeting(self.meeting_id)
+        self._registry.check_room(self)
+        participant_id = new_id()
+        while participant_id in self._participants:
+            participant_id = new_id()
+        p = Participant(self, participant_id, self._next_user_id, sub, name, int(now * 1000),
+                        sink)
+        self._next_user_id += 1
         if self._participants is _NOBODY:
-            self._participants = set()
-        self._participants.add(participant_id)
+            self._participants = {}
+        self._participants[participant_id] = p
         self.idle_since = None
         self._registry._participants_changed(1)
+        self._fan_out(Joined(p), but=p)
+        return p
 
-    def leave(self, participant_id):
-        """Remove a participant; an unknown one is a no-op."""
-        if participant_id not in self._participants:
+    def leave(self, p, reason, now):
+        """Remove ``p`` (a no-op if already gone) and tell everyone else why."""
+        if self._participants.get(p.participant_id) is not p:
             return
-        self._participants.discard(participant_id)
+        del self._participants[p.participant_id]
+        p.sink = None
         if not self._participants:
-            self.idle_since = self._registry._clock.seconds()
-        self._registry._participants_changed(-1)
+            self.idle_since = now
+        if self._registry is not None:
+            self._registry._participants_changed(-1)
+        self._fan_out(Left(p.participant_id, reason))
+
+    def set_mute(self, p, audio_muted, video_muted):
+        """Set ``p``'s self-mute state; everyone, ``p`` included, hears it."""
+        if self._participants.get(p.participant_id) is not p:
+            return
+        p.audio_muted, p.video_muted = bool(audio_muted), bool(video_muted)
+        self._fan_out(MuteChanged(p))
+
+    def redirect_all(self, reason):
+        """Tell every connected participant to join again elsewhere."""
+        self._fan_out(Redirect(self.meeting_id, reason))
+
+    def _fan_out(self, event, but=None):
+        for other in list(self._participants.values()):
+            if other is not but and other.sink is not None:
+                other.sink.deliver(event)
 
     def __repr__(self):
         return (f"<Meeting {self.meeting_id} generation={self.generation} "
@@ -94,8 +224,10 @@ class MeetingRegistry:
 
     log = Logger()
 
-    def __init__(self, max_meetings, max_participants, participant_estimate, clock):
+    def __init__(self, max_meetings, max_participants, participant_estimate, clock,
+                 max_participants_per_meeting=1000):
         self.max_meetings = max_meetings
+        self.max_participants_per_meeting = max_participants_per_meeting
         self.max_participants = max_participants
         self.participant_estimate = participant_estimate
         self._clock = clock
@@ -112,9 +244,11 @@ class MeetingRegistry:
 
     @property
     def full(self):
-        """True when the GC should stop sending meetings here."""
+        """True when the GC should stop sending meetings here (a new meeting
+        brings at least one participant)."""
         return (len(self._meetings) >= self.max_meetings
-                or self._participants + self.participant_estimate > self.max_participants)
+                or self._participants + max(self.participant_estimate, 1)
+                > self.max_participants)
 
     def on_capacity_change(self, observer):
         """Call ``observer(full)`` whenever ``full`` flips."""
@@ -167,9 +301,8 @@ class MeetingRegistry:
         m = self._meetings.pop(meeting_id, None)
         if m is None:
             raise UnknownMeeting(meeting_id)
-        if m._participants:
-            self._participants -= len(m._participants)
-            m._participants = _NOBODY
+        self._participants -= len(m._participants)
+        m._registry = None  # its participants' leaves no longer count here
         self._check_full()
         return m
 
@@ -185,6 +318,14 @@ class MeetingRegistry:
             raise ValueError("reservation already finished")
         reservation.done = True
         del self._pending[reservation.meeting_id]
+
+    def check_room(self, meeting):
+        """Raise AtCapacity unless one more participant fits in ``meeting``
+        and in the MC (participants in their grace hold their places)."""
+        if self._participants + 1 > self.max_participants:
+            raise AtCapacity("participants")
+        if meeting.participant_count + 1 > self.max_participants_per_meeting:
+            raise AtCapacity("meeting")
 
     def _participants_changed(self, delta):
         self._participants += delta

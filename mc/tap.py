@@ -38,6 +38,10 @@ class Options(usage.Options):
         [mcconfig.GC_TOKENS[2], None, None,
          "File holding the tokens accepted from the GC, comma- or line-separated (env "
          "MC_GC_TOKENS or MC_GC_TOKENS_FILE); required unless --insecure-no-auth"],
+        [mcconfig.BINDING_SECRET[2], None, None,
+         "File holding the base64 secret (at least 32 bytes) that keys reconnect binding "
+         "tokens (env MC_BINDING_TOKEN_SECRET or MC_BINDING_TOKEN_SECRET_FILE) [default: a "
+         "random one per process]"],
     ]
 
     def __init__(self, environ=None):

@@ -290,10 +290,11 @@ def test_fenced_out_by_a_touch_stops_hosting_and_writing():
 def test_idle_end_retries_a_failed_delete_then_notifies_with_backoff():
     rig = Rig(meeting_idle=1)
     result_of(rig.assign())
-    rig.registry.get("meeting-1").join("p")
+    m = rig.registry.get("meeting-1")
+    p = m.admit("user-1", "Ann", None, rig.clock.seconds(), lambda: "p-1")
     rig.run(3)
     assert rig.service.hosted() == {"meeting-1"}  # not idle while someone is in it
-    rig.registry.get("meeting-1").leave("p")
+    m.leave(p, "VOLUNTARY", rig.clock.seconds())
     rig.store.script["delete"].append(StoreUnavailable("down"))
     rig.gc.script("notify_meeting_ended", gc_error("NotifyMeetingEnded", "UNAVAILABLE"),
                   gc_error("NotifyMeetingEnded", "UNAVAILABLE"))

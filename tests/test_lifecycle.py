@@ -7,9 +7,12 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
-from mc.meetings import MeetingRegistry
+from mc.joining import JoinService
+from mc.meetings import MeetingRegistry, Redirect
 from mc.ops.health import DRAINING, HEALTHY, Health
 from mc.ops.lifecycle import Lifecycle
+from mc.ops.metrics import Metrics
+from mc.testing.doubles import TableTokenVerifier
 from tests.configs import make_config
 
 
@@ -37,10 +40,27 @@ class Liaison:
     def __init__(self, health):
         self.health = health
         self.sent = []
+        self.held = None
 
     def send_draining_heartbeat(self):
         self.sent.append(self.health.status)
-        return defer.succeed(None)
+        return defer.succeed(None) if self.held is None else self.held
+
+
+class Person:
+    """A participant's session: it leaves when redirected, or when told to."""
+
+    def __init__(self, joins, leave_on_redirect=True):
+        self.joins = joins
+        self.leave_on_redirect = leave_on_redirect
+        self.redirects = []
+        self.p = None
+
+    def deliver(self, event):
+        if isinstance(event, Redirect):
+            self.redirects.append(event.reason)
+            if self.leave_on_redirect:
+                self.joins.leave(self.p)
 
 
 class Grpc(Service):
@@ -60,16 +80,24 @@ def make(grace=10):
     grpc = Grpc()
     grpc.startService()
     signals = Signals()
-    lc = Lifecycle(cfg, reactor, health, registry, Liaison(health), grpc, signals=signals)
+    joins = JoinService(registry, health, TableTokenVerifier(), reactor, Metrics(), 30)
+    lc = Lifecycle(cfg, reactor, health, registry, Liaison(health), grpc, joins,
+                   signals=signals)
     lc.startService()
     for hook in reactor.whenRunningHooks:
         hook[0](*hook[1], **hook[2])
     return SimpleNamespace(reactor=reactor, health=health, registry=registry, grpc=grpc,
-                           signals=signals, lc=lc, liaison=lc._liaison)
+                           signals=signals, lc=lc, liaison=lc._liaison, joins=joins)
 
 
 def host(registry, meeting_id):
     return registry.commit(registry.reserve(meeting_id), 1, [])
+
+
+def person(r, meeting, leave_on_redirect=True):
+    who = Person(r.joins, leave_on_redirect)
+    who.p = meeting.admit("user", "Ann", who, r.reactor.seconds(), lambda: f"p{id(who)}")
+    return who
 
 
 def test_sigusr2_toggles_drain():
@@ -89,20 +117,52 @@ def test_sigterm_with_no_meetings_drains_heartbeats_stops_grpc_and_exits():
     assert r.reactor.hasStopped
 
 
-def test_sigterm_waits_for_meetings_to_end():
+def test_drain_redirects_participants_after_the_draining_heartbeat():
+    r = make()
+    m = host(r.registry, "m1")
+    ann = person(r, m)
+    r.liaison.held = heartbeat = defer.Deferred()
+    r.signals.send(signal.SIGUSR2)
+    assert r.liaison.sent == [DRAINING] and ann.redirects == []
+    heartbeat.callback(None)
+    assert ann.redirects == ["draining"] and r.joins.connected() == 0
+    assert r.registry.get("m1") is m  # the meeting stays until idle or claimed elsewhere
+
+
+def test_undrain_before_the_heartbeat_answers_redirects_nobody():
+    r = make()
+    ann = person(r, host(r.registry, "m1"))
+    r.liaison.held = heartbeat = defer.Deferred()
+    r.signals.send(signal.SIGUSR2)
+    r.signals.send(signal.SIGUSR2)
+    heartbeat.callback(None)
+    assert ann.redirects == [] and not r.health.draining
+
+
+def test_sigterm_does_not_wait_for_meetings_only_for_participants():
     r = make(grace=10)
     host(r.registry, "m1")
+    person(r, host(r.registry, "m2"))
     r.signals.send(signal.SIGTERM)
+    assert r.reactor.hasStopped  # everyone left on the redirect
+    assert r.registry.get("m1") is not None
+
+
+def test_sigterm_waits_for_participants_that_linger():
+    r = make(grace=10)
+    ann = person(r, host(r.registry, "m1"), leave_on_redirect=False)
+    r.signals.send(signal.SIGTERM)
+    assert ann.redirects == ["draining"]
     r.reactor.advance(3)
     assert not r.reactor.hasStopped
-    r.registry.remove("m1")
+    r.joins.leave(ann.p)
     r.reactor.advance(0.2)
     assert r.reactor.hasStopped
 
 
 def test_sigterm_gives_up_after_grace_and_keeps_meetings():
     r = make(grace=5)
-    host(r.registry, "m1")
+    person(r, host(r.registry, "m1"), leave_on_redirect=False)
     r.signals.send(signal.SIGINT)
     r.reactor.advance(4.9)
     assert not r.reactor.hasStopped
@@ -113,7 +173,7 @@ def test_sigterm_gives_up_after_grace_and_keeps_meetings():
 
 def test_second_signal_skips_the_wait():
     r = make(grace=30)
-    host(r.registry, "m1")
+    person(r, host(r.registry, "m1"), leave_on_redirect=False)
     r.signals.send(signal.SIGTERM)
     r.reactor.advance(1)
     assert not r.reactor.hasStopped
@@ -138,7 +198,7 @@ def test_stop_restores_previous_handlers():
 
 def test_second_signal_during_the_grpc_stop_still_skips_the_wait():
     r = make(grace=30)
-    host(r.registry, "m1")
+    person(r, host(r.registry, "m1"), leave_on_redirect=False)
     stopping = defer.Deferred()
     r.grpc.stopService = lambda: stopping
     r.signals.send(signal.SIGTERM)

@@ -1,6 +1,11 @@
 """Operators' signals: SIGUSR2 toggles drain; SIGTERM/SIGINT drain and shut
 down gracefully, and a second one cuts the wait short.
 
+Draining moves people, it does not end meetings: once the GC has heard
+DRAINING (so it places the meeting elsewhere at the next join), every
+participant is redirected to join again through the GC. A shutdown then waits
+for the participants to go, not for the meetings to end.
+
 Twisted's own SIGTERM handler makes twistd exit by re-raising the signal
 (status 143); an operator asked to stop cleanly, so ours ends with status 0.
 Handlers only schedule work with ``reactor.callFromThread``.
@@ -17,7 +22,7 @@ class Lifecycle(Service):
     name = "lifecycle"
     log = Logger()
 
-    def __init__(self, config, reactor, health, registry, liaison, grpc, poll=0.1,
+    def __init__(self, config, reactor, health, registry, liaison, grpc, joins, poll=0.1,
                  signals=signal_module):
         self._config = config
         self._reactor = reactor
@@ -25,6 +30,7 @@ class Lifecycle(Service):
         self._registry = registry
         self._liaison = liaison
         self._grpc = grpc
+        self._joins = joins
         self._poll = poll
         self._signals = signals
         self.shutting_down = False
@@ -58,18 +64,31 @@ class Lifecycle(Service):
         self._reactor.callFromThread(self.toggle_drain)
 
     def toggle_drain(self):
+        """Drain (or undrain). Draining redirects the participants once the
+        DRAINING heartbeat has gone out; the Deferred fires after that."""
         if self.shutting_down:
-            return
+            return defer.succeed(None)
         draining = not self._health.draining
         self.log.info("drain {state} by SIGUSR2", state="on" if draining else "off")
         self._health.set_draining(draining)
+        if not draining:
+            return defer.succeed(None)
+        d = self._move_participants()
+        d.addErrback(lambda f: self.log.failure("drain failed", f))
+        return d
+
+    @defer.inlineCallbacks
+    def _move_participants(self):
+        yield self._liaison.send_draining_heartbeat()
+        if self._health.draining:  # not undrained meanwhile
+            self._joins.redirect_everyone()
 
     def shutdown(self, signum=None):
         """First call: drain and stop gracefully. A later call skips the rest
         of the wait for hosted meetings."""
         if self.shutting_down:
             if not self.skip_wait:
-                self.log.warn("second stop signal: not waiting for hosted meetings")
+                self.log.warn("second stop signal: not waiting for participants to move")
                 self.skip_wait = True
                 if self._cut_short is not None and not self._cut_short.called:
                     self._cut_short.callback(None)
@@ -83,21 +102,22 @@ class Lifecycle(Service):
     def _graceful(self):
         grace = self._config.shutdown_grace
         self.log.info("shutting down: draining, then waiting up to {grace:g}s for "
-                      "{meetings} hosted meetings", grace=grace, meetings=len(self._registry))
+                      "{participants} participants to move", grace=grace,
+                      participants=self._joins.connected())
         self._health.set_draining(True)
-        yield self._liaison.send_draining_heartbeat()
+        yield self._move_participants()
         if self._grpc.running:
             yield self._grpc.stopService()
-        yield self._wait_for_meetings(grace)
+        yield self._wait_for_participants(grace)
         left = [m.meeting_id for m in self._registry]
         if left:
             self.log.warn("stopping with {count} meetings still hosted; their keys stay in "
                           "Redis for the next owner: {meeting_ids}", count=len(left),
                           meeting_ids=left[:100])
 
-    def _wait_for_meetings(self, grace):
-        """Fires when no meeting is hosted, ``grace`` seconds pass, or a
-        second stop signal arrives, whichever is first."""
+    def _wait_for_participants(self, grace):
+        """Fires when no participant is connected, ``grace`` seconds pass, or
+        a second stop signal arrives, whichever is first."""
         done = defer.Deferred()
         self._cut_short = done
         deadline = self._reactor.seconds() + grace
@@ -105,7 +125,8 @@ class Lifecycle(Service):
         def check():
             if done.called:
                 return
-            if self.skip_wait or not len(self._registry) or self._reactor.seconds() >= deadline:
+            if (self.skip_wait or not self._joins.connected()
+                    or self._reactor.seconds() >= deadline):
                 done.callback(None)
             else:
                 self._reactor.callLater(min(self._poll, deadline - self._reactor.seconds()),

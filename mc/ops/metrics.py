@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 ASSIGNMENT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                       1.0, 2.5, 5.0, 10.0)
+JOIN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -53,6 +54,19 @@ class Metrics:
         self.last_ack_age = Gauge(
             "mc_gc_last_heartbeat_ack_age_seconds",
             "Seconds since the GC last acknowledged a heartbeat (-1: never)", registry=r)
+
+        self.joins = Counter(
+            "mc_joins_total", "JoinRequests answered, by outcome", ["outcome"], registry=r)
+        self.join_duration = Histogram(
+            "mc_join_duration_seconds", "JoinRequest to JoinResponse (accepted joins)",
+            buckets=JOIN_BUCKETS, registry=r)
+        self.webtransport_sessions = Gauge(
+            "mc_webtransport_sessions_current", "WebTransport sessions open now", registry=r)
+        self.jwks_refreshes = Counter(
+            "mc_jwks_refresh_total", "JWKS fetches, by outcome", ["outcome"], registry=r)
+        self.jwks_age = Gauge(
+            "mc_jwks_age_seconds", "Seconds since the JWKS was last loaded (-1: never)",
+            registry=r)
 
     def observe_lag(self, lag):
         self.reactor_lag.set(lag)

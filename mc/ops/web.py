@@ -24,18 +24,21 @@ LIVENESS_LAG_LIMIT = 10.0
 STATUSES = (HEALTHY, DEGRADED, UNHEALTHY, DRAINING)
 
 
-def not_ready_reason(health, liaison):
-    """Why the MC should get no new meetings now, or None when it should."""
+def not_ready_reason(health, liaison, tokens=None):
+    """Why the MC should get no new meetings now, or None when it should.
+    Without a JWKS no participant can join, so the MC is not ready either."""
     if health.draining:
         return "draining"
     if not health.redis_up:
         return "redis unreachable"
     if not liaison.registered:
         return "not registered with GC"
+    if tokens is not None and not tokens.ready:
+        return "no JWKS"
     return None
 
 
-def refresh_gauges(metrics, health, registry, liaison, clock):
+def refresh_gauges(metrics, health, registry, liaison, clock, tokens=None, webtransport=None):
     """Set the gauges that mirror state owned elsewhere, so a scrape reads
     the same values the next heartbeat would send."""
     snap = registry.snapshot()
@@ -52,6 +55,11 @@ def refresh_gauges(metrics, health, registry, liaison, clock):
     current = health.status
     for status in STATUSES:
         metrics.health.labels(status).set(1 if status == current else 0)
+    if tokens is not None:
+        age = tokens.age()
+        metrics.jwks_age.set(-1 if age is None else age)
+    if webtransport is not None:
+        metrics.webtransport_sessions.set(webtransport.sessions_current)
 
 
 def _text(request, code, body, content_type=b"text/plain; charset=utf-8"):
@@ -99,22 +107,21 @@ class Liveness(_Endpoint):
 
 
 class Readiness(_Endpoint):
-    def __init__(self, health, liaison):
+    def __init__(self, health, liaison, tokens=None):
         super().__init__()
-        self._health = health
-        self._liaison = liaison
+        self._args = (health, liaison, tokens)
 
     def render_GET(self, request):
-        reason = not_ready_reason(self._health, self._liaison)
+        reason = not_ready_reason(*self._args)
         body = {"ready": True} if reason is None else {"ready": False, "reason": reason}
         return _text(request, 200 if reason is None else 503,
                      json.dumps(body).encode() + b"\n", b"application/json")
 
 
 class MetricsPage(_Endpoint):
-    def __init__(self, metrics, health, registry, liaison, clock):
+    def __init__(self, metrics, health, registry, liaison, clock, tokens=None, webtransport=None):
         super().__init__()
-        self._args = (metrics, health, registry, liaison, clock)
+        self._args = (metrics, health, registry, liaison, clock, tokens, webtransport)
 
     def render_GET(self, request):
         refresh_gauges(*self._args)
@@ -140,19 +147,22 @@ class _QuietSite(Site):
 
 class HealthHttpService(Service):
     """Serves the probes and metrics on ``listen_address``; ``port`` is the
-    bound port once started (useful when configured as 0)."""
+    bound port once started (useful when configured as 0). ``tokens`` (the
+    meeting-token verifier) and ``webtransport`` (the participants' service)
+    add their readiness and gauges when given."""
 
     name = "http"
     log = Logger()
 
     def __init__(self, listen_address, health, registry, liaison, metrics, reactor,
-                 idle_timeout=30):
+                 idle_timeout=30, tokens=None, webtransport=None):
         self._address = listen_address
         self._reactor = reactor
         root = _Root()
         root.putChild(b"healthz", Liveness(health))
-        root.putChild(b"readyz", Readiness(health, liaison))
-        root.putChild(b"metrics", MetricsPage(metrics, health, registry, liaison, reactor))
+        root.putChild(b"readyz", Readiness(health, liaison, tokens))
+        root.putChild(b"metrics", MetricsPage(metrics, health, registry, liaison, reactor, tokens,
+                                              webtransport))
         self.site = _QuietSite(root, timeout=idle_timeout, reactor=reactor)
         # The wrapper tracks open connections, so stopService can close them.
         self._factory = WrappingFactory(self.site)

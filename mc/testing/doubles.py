@@ -5,8 +5,8 @@ from collections import deque
 from twisted.internet import defer
 from zope.interface import implementer
 
-from mc.errors import GcCallError
-from mc.interfaces import IGcClient, ISystemProbe
+from mc.errors import GcCallError, InvalidToken, NoJwks
+from mc.interfaces import IGcClient, ISessionTransport, ISystemProbe, ITokenVerifier
 from mc.proto import gc_mc_pb2 as pb
 
 
@@ -92,3 +92,80 @@ class FixedProbe:
 
     def memory_percent(self):
         return self.memory
+
+
+@implementer(ITokenVerifier)
+class TableTokenVerifier:
+    """Meeting tokens from a table: ``tokens[token] = claims``; a token not in
+    it is invalid, and so is one whose ``meeting_id`` claim differs. With
+    ``ready=False`` every verify fails as if no JWKS was ever loaded; with
+    ``hold=True`` verifies wait for ``release()``."""
+
+    def __init__(self, tokens=None, ready=True):
+        self.tokens = dict(tokens or {})
+        self.ready = ready
+        self.hold = False
+        self.held = []
+
+    def add(self, token, meeting_id, sub, **claims):
+        self.tokens[token] = {"sub": sub, "meeting_id": meeting_id, "token_type": "meeting",
+                              **claims}
+
+    def age(self):
+        return 0.0 if self.ready else None
+
+    def verify(self, token, meeting_id):
+        d = defer.Deferred()
+        self.held.append((d, self._outcome(token, meeting_id)))
+        if not self.hold:
+            self.release()
+        return d
+
+    def release(self):
+        """Answer every held verify."""
+        held, self.held = self.held, []
+        for d, outcome in held:
+            if isinstance(outcome, Exception):
+                d.errback(outcome)
+            else:
+                d.callback(outcome)
+
+    def _outcome(self, token, meeting_id):
+        if not self.ready:
+            return NoJwks()
+        claims = self.tokens.get(token)
+        if claims is None or claims["meeting_id"] != meeting_id:
+            return InvalidToken("not in the table")
+        return dict(claims)
+
+
+@implementer(ISessionTransport)
+class RecordingTransport:
+    """A session transport that records what signalling writes and tells the
+    handler of its end the way the real one does (exactly once)."""
+
+    def __init__(self, handler=None, peer=("127.0.0.1", 50000)):
+        self.handler = handler
+        self.peer = peer
+        self.stream_open = False
+        self.buffered = 0
+        self.written = []
+        self.finished = False
+        self.aborted = False
+
+    def write(self, data):
+        if not (self.finished or self.aborted):
+            self.written.append(bytes(data))
+
+    def finish(self):
+        self._end(True)
+
+    def abort(self):
+        self._end(False)
+
+    def _end(self, clean):
+        if self.finished or self.aborted:
+            return
+        self.finished, self.aborted = clean, not clean
+        if self.handler is not None:
+            self.handler.session_closed(clean)

@@ -19,11 +19,16 @@ class RedisReplyError(Exception):
     """Redis answered ``command`` with an error reply."""
 
 
-def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
+def free_port(kind=socket.SOCK_STREAM):
+    """A TCP (or, with ``socket.SOCK_DGRAM``, UDP) port on 127.0.0.1 that
+    nothing uses right now."""
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_udp_port():
+    return free_port(socket.SOCK_DGRAM)
 
 
 def _encode(args):

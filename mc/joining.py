@@ -1,0 +1,203 @@
+"""A participant's way into a hosted meeting and out of it: the contract's
+checks in its order, the disconnect grace, and the counts the GC reads.
+
+Core code: it speaks to the token verifier and the sinks through their
+interfaces and knows no transport. Every refusal is a ``Refused`` carrying the
+contract's error code, so the signalling layer only encodes it.
+"""
+
+import secrets
+import time
+
+from twisted.application.service import Service
+from twisted.logger import Logger
+
+from mc.errors import InvalidToken, NoJwks
+from mc.meetings import DRAINING, KICKED, TIMEOUT, VOLUNTARY, AtCapacity
+
+MAX_NAME_BYTES = 256
+INVALID_TOKEN_MESSAGE = "invalid or expired token"
+
+#: ``mc_joins_total`` outcomes: a small fixed set.
+OUTCOMES = ("accepted", "unauthorized", "not_found", "capacity", "invalid", "redirected",
+            "error")
+
+
+class Refused(Exception):
+    """A join refused with the contract's ``ErrorCode`` name and message;
+    ``outcome`` is its ``mc_joins_total`` label."""
+
+    def __init__(self, code, message, outcome):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.outcome = outcome
+
+
+class Redirected(Exception):
+    """Join again through the GC: this MC is draining the meeting."""
+
+    def __init__(self, meeting_id, reason):
+        super().__init__(f"redirect {meeting_id}: {reason}")
+        self.meeting_id = meeting_id
+        self.reason = reason
+
+
+class Admission:
+    """What a ``JoinResponse`` says, read off the meeting at the moment of
+    admission (so it matches the ``ParticipantJoined`` the others got)."""
+
+    __slots__ = ("participant", "others", "media_servers", "correlation_id", "binding_token")
+
+    def __init__(self, participant, others, media_servers, correlation_id="",
+                 binding_token=""):
+        self.participant = participant
+        self.others = others
+        self.media_servers = media_servers
+        self.correlation_id = correlation_id
+        self.binding_token = binding_token
+
+
+def valid_name(raw):
+    """The trimmed ``participant_name``, or None when it is not 1-256 bytes
+    of UTF-8 after trimming."""
+    name = raw.strip()
+    return name if 0 < len(name.encode("utf-8")) <= MAX_NAME_BYTES else None
+
+
+def new_participant_id():
+    return "p-" + secrets.token_hex(8)
+
+
+class JoinService(Service):
+    """Admits participants into the meetings the registry hosts, and lets
+    them go: at once when they leave on purpose, after ``grace`` seconds when
+    their connection was lost (they hold their place meanwhile)."""
+
+    name = "joins"
+    log = Logger()
+
+    def __init__(self, registry, health, verifier, clock, metrics, grace,
+                 perf_counter=time.perf_counter):
+        self._registry = registry
+        self._health = health
+        self._verifier = verifier
+        self._clock = clock
+        self._metrics = metrics
+        self._grace = grace
+        self._perf_counter = perf_counter
+        self._in_grace = {}  # Participant -> its DelayedCall
+        self._outcomes = {o: metrics.joins.labels(o) for o in OUTCOMES}
+
+    def connected(self):
+        """Participants with a session open now (a shutdown waits for none)."""
+        return sum(1 for m in self._registry for p in m.participants if p.sink is not None)
+
+    @property
+    def in_grace(self):
+        """Participants disconnected and holding their place."""
+        return len(self._in_grace)
+
+    async def join(self, meeting_id, token, name, sink):
+        """Admit the sender of a JoinRequest; raise Refused or Redirected."""
+        started = self._perf_counter()
+        try:
+            admission = await self._join(meeting_id, token, name, sink)
+        except Refused as e:
+            self._outcomes[e.outcome].inc()
+            raise
+        except Redirected:
+            self._outcomes["redirected"].inc()
+            raise
+        self._outcomes["accepted"].inc()
+        self._metrics.join_duration.observe(self._perf_counter() - started)
+        return admission
+
+    async def _join(self, meeting_id, token, name, sink):
+        try:
+            claims = await self._verifier.verify(token, meeting_id)
+        except InvalidToken as e:
+            self.log.debug("join of {meeting_id} refused: {why}", meeting_id=meeting_id,
+                           why=e.why)
+            raise Refused("UNAUTHORIZED", INVALID_TOKEN_MESSAGE, "unauthorized") from None
+        except NoJwks:
+            raise Refused("INTERNAL_ERROR", "meeting tokens cannot be checked yet",
+                          "error") from None
+        meeting = self._registry.get(meeting_id)
+        if meeting is None:
+            raise Refused("NOT_FOUND", "meeting not hosted here", "not_found")
+        if self._health.draining:
+            raise Redirected(meeting_id, DRAINING)
+        trimmed = valid_name(name)
+        try:
+            self._registry.check_room(meeting)
+            if trimmed is None:
+                raise Refused("INVALID_REQUEST", "participant_name must be 1-256 bytes of UTF-8",
+                              "invalid")
+            p = meeting.admit(claims["sub"], trimmed, sink, self._clock.seconds(),
+                              new_participant_id)
+        except AtCapacity as e:
+            whose = "meeting" if e.resource == "meeting" else "MC"
+            raise Refused("CAPACITY_EXCEEDED", f"the {whose} is full", "capacity") from None
+        self.log.info("participant {participant_id} joined meeting {meeting_id}",
+                      participant_id=p.participant_id, meeting_id=meeting_id,
+                      user_id=p.user_id)
+        others = tuple(o for o in meeting.participants if o is not p)
+        return Admission(p, others, meeting.media_servers)
+
+    def set_mute(self, p, audio_muted, video_muted):
+        p.meeting.set_mute(p, audio_muted, video_muted)
+
+    def leave(self, p, reason=VOLUNTARY):
+        """``p`` left on purpose (or was put out, ``KICKED``): gone at once."""
+        self._end_grace(p)
+        if p.meeting.participant(p.participant_id) is p:
+            p.meeting.leave(p, reason, self._clock.seconds())
+            self.log.info("participant {participant_id} left meeting {meeting_id}: {reason}",
+                          participant_id=p.participant_id, meeting_id=p.meeting.meeting_id,
+                          reason=reason)
+
+    def kick(self, p):
+        self.leave(p, KICKED)
+
+    def lost(self, p):
+        """``p``'s connection was lost: it keeps its place for the grace, then
+        the others hear TIMEOUT."""
+        if p.meeting.participant(p.participant_id) is not p or p in self._in_grace:
+            return
+        p.sink = None
+        if not p.meeting.hosted or self._grace <= 0:
+            self.leave(p, TIMEOUT)
+            return
+        self._in_grace[p] = self._clock.callLater(self._grace, self._grace_over, p)
+        self.log.info("participant {participant_id} of meeting {meeting_id} lost its "
+                      "connection; holding its place for {grace:g}s",
+                      participant_id=p.participant_id, meeting_id=p.meeting.meeting_id,
+                      grace=self._grace)
+
+    def _grace_over(self, p):
+        self._in_grace.pop(p, None)
+        self.leave(p, TIMEOUT)
+
+    def _end_grace(self, p):
+        call = self._in_grace.pop(p, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def redirect_everyone(self, reason=DRAINING):
+        """Send every connected participant of every meeting elsewhere (the
+        MC drains); each session closes after its RedirectToMc."""
+        count = 0
+        for meeting in self._registry:
+            count += sum(1 for p in meeting.participants if p.sink is not None)
+            meeting.redirect_all(reason)
+        self.log.info("redirected {count} participants: {reason}", count=count, reason=reason)
+        return count
+
+    def stopService(self):
+        """Cancel the grace timers: the MC is stopping, nobody is left to tell."""
+        for call in self._in_grace.values():
+            if call.active():
+                call.cancel()
+        self._in_grace.clear()
+        return super().stopService()
