@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test venv redis-server lint proto bench clean
+.PHONY: demo test venv system-packages lint proto bench clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -15,18 +15,23 @@ $(VENV)/.installed: setup.py
 
 venv: $(VENV)/.installed
 
-# redis-server is what the tests and the demo run against; install it when missing.
-redis-server:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  echo "installing redis-server with apt-get"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
-	  $(SUDO) systemctl disable --now redis-server >/dev/null 2>&1 || true; }
+# What the tests and the demo run against, from Debian's packages when missing:
+# redis-server (the fleet's Redis) and chromium (the browser participant).
+APT_PACKAGES := redis-server:redis-server chromium:chromium
+system-packages:
+	@missing=""; for pair in $(APT_PACKAGES); do \
+	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing with apt-get"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  $(SUDO) systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
 
-test: venv redis-server
+test: venv system-packages
 	$(VENV)/bin/ruff check --output-format concise .
 	$(PY) -m pytest -q -ra
 
-demo: venv redis-server
+demo: venv system-packages
 	$(PY) scripts/demo.py
 
 lint: venv
@@ -35,7 +40,7 @@ lint: venv
 proto: venv
 	$(PY) scripts/gen_proto.py
 
-bench: venv redis-server
+bench: venv system-packages
 	$(VENV)/bin/pip install -q -e '.[bench]' --config-settings editable_mode=compat
 	$(PY) bench/run.py
 

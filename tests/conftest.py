@@ -60,8 +60,9 @@ E2E_GC_TOKEN = "e2e-gc-token-W3"
 
 @pytest.fixture
 def fake_gc():
-    """A started FakeGc asking for 1 s / 3 s heartbeats."""
-    gc = FakeGc(E2E_SERVICE_TOKEN)
+    """A started FakeGc asking for 1 s / 3 s heartbeats; its join flow calls
+    MCs with the token they accept and mints meeting tokens from its JWKS."""
+    gc = FakeGc(E2E_SERVICE_TOKEN, mc_token=E2E_GC_TOKEN)
     gc.set_intervals(1000, 3000)
     gc.start()
     yield gc
@@ -79,6 +80,7 @@ def mc_procs(tmp_path, redis, fake_gc):
         workdir = tmp_path / f"{mc_id}-{len(started)}"
         workdir.mkdir()
         env = {"MC_SHUTDOWN_GRACE_SECONDS": "1", **(env or {})}
+        kw.setdefault("jwks_url", fake_gc.jwks_url)
         mc = McProcess(workdir, fake_gc.url, redis_url or redis.url, E2E_SERVICE_TOKEN,
                        E2E_GC_TOKEN, mc_id=mc_id, env=env, **kw)
         started.append(mc.start())

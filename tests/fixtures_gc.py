@@ -6,6 +6,7 @@ import ipaddress
 
 from mc import config as mc_config
 from mc.proto import gc_mc_pb2
+from tests.configs import PARTICIPANT_ENV
 
 TOKEN = "test-service-token"
 OTHER_TOKEN = "second-accepted-token"
@@ -76,4 +77,4 @@ def gc_config(gc_url, ca_file=None, token=TOKEN):
     flags = {"gc-url": gc_url, "insecure-no-auth": True, "grpc-listen": "127.0.0.1:50052"}
     if ca_file is not None:
         flags["gc-ca-file"] = str(ca_file)
-    return mc_config.load(flags, {"MC_SERVICE_TOKEN": token})
+    return mc_config.load(flags, {"MC_SERVICE_TOKEN": token, **PARTICIPANT_ENV})

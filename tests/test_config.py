@@ -8,8 +8,9 @@ from twisted.python import usage
 from mc import config as mcconfig
 from mc.errors import ConfigError
 from mc.tap import Options
+from tests.configs import PARTICIPANT_ENV as P
 
-BASE_ENV = {"MC_SERVICE_TOKEN": "s3cret-service", "MC_GC_TOKENS": "gc-one,gc-two"}
+BASE_ENV = {"MC_SERVICE_TOKEN": "s3cret-service", "MC_GC_TOKENS": "gc-one,gc-two", **P}
 
 
 def parse(args=(), **env):
@@ -87,13 +88,13 @@ def test_bad_values_name_the_option(args, env, message):
 
 def test_service_token_required():
     with pytest.raises(usage.UsageError, match="MC_SERVICE_TOKEN .*is required"):
-        Options(environ={"MC_GC_TOKENS": "a"}).parseOptions([])
+        Options(environ={"MC_GC_TOKENS": "a", **P}).parseOptions([])
 
 
 def test_gc_tokens_required_unless_insecure():
     with pytest.raises(usage.UsageError, match="MC_GC_TOKENS .*required unless --insecure"):
-        Options(environ={"MC_SERVICE_TOKEN": "a"}).parseOptions([])
-    o = Options(environ={"MC_SERVICE_TOKEN": "a"})
+        Options(environ={"MC_SERVICE_TOKEN": "a", **P}).parseOptions([])
+    o = Options(environ={"MC_SERVICE_TOKEN": "a", **P})
     o.parseOptions(["--insecure-no-auth"])
     assert o.config.insecure_no_auth and o.config.gc_tokens == ()
 
@@ -103,11 +104,12 @@ def test_secrets_from_files(tmp_path):
     svc.write_text("file-token\n")
     gc = tmp_path / "gc"
     gc.write_text("t1\nt2\n")
-    o = Options(environ={})
+    o = Options(environ=dict(P))
     o.parseOptions(["--service-token-file", str(svc), "--gc-tokens-file", str(gc)])
     assert o.config.service_token.reveal() == "file-token"
     assert [t.reveal() for t in o.config.gc_tokens] == ["t1", "t2"]
-    c = mcconfig.load({}, {"MC_SERVICE_TOKEN_FILE": str(svc), "MC_GC_TOKENS_FILE": str(gc)})
+    c = mcconfig.load({}, {"MC_SERVICE_TOKEN_FILE": str(svc), "MC_GC_TOKENS_FILE": str(gc),
+                                **P})
     assert c.service_token.reveal() == "file-token"
 
 
@@ -122,7 +124,7 @@ def test_secrets_from_files(tmp_path):
 ])
 def test_bad_secrets(env, message):
     with pytest.raises(ConfigError) as e:
-        mcconfig.load({}, env)
+        mcconfig.load({}, {**P, **env})
     assert str(e.value).startswith(message)
     assert "x" * 100 not in str(e.value)
 

@@ -20,7 +20,7 @@ from twisted.scripts.twistd import ServerOptions
 
 from mc.ops import logs
 from mc.tap import Options
-from tests.configs import TEST_GC_TOKEN, TEST_SERVICE_TOKEN, make_config
+from tests.configs import PARTICIPANT_ENV, TEST_GC_TOKEN, TEST_SERVICE_TOKEN, make_config
 
 SECRET = "s3cret-Tok{en}"
 
@@ -197,7 +197,8 @@ def parse_twistd(args, environ):
             logs.apply_log_settings(self)
 
     class Twistd(ServerOptions):
-        subCommands = [("mc", None, lambda: McOptions(environ=environ), "mc")]
+        subCommands = [("mc", None, lambda: McOptions(environ={**PARTICIPANT_ENV, **environ}),
+                        "mc")]
 
     options = Twistd()
     options.parseOptions(args)

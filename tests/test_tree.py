@@ -8,13 +8,14 @@ from twisted.application.service import IServiceCollection
 from twisted.internet import defer, reactor, threads
 from zope.interface.verify import verifyObject
 
-from mc.interfaces import IFencedStore, IGcClient, ISystemProbe, ITokenCheck
+from mc.interfaces import IFencedStore, IGcClient, ISystemProbe, ITokenCheck, ITokenVerifier
 from mc.tap import Options, makeService
 from mc.testing.fakegc import FakeGc, assign_meeting
-from tests.configs import TEST_GC_TOKEN, TEST_SERVICE_TOKEN
+from tests.configs import PARTICIPANT_ENV, TEST_GC_TOKEN, TEST_SERVICE_TOKEN
 from tests.helpers import wait_until
 
-ORDER = ["http", "redis-store", "health-monitor", "meetings", "grpc", "gc-liaison", "lifecycle"]
+ORDER = ["http", "redis-store", "health-monitor", "meetings", "jwks", "joins", "webtransport",
+         "grpc", "gc-liaison", "lifecycle"]
 
 
 @pytest.fixture
@@ -25,10 +26,12 @@ def gc():
 
 
 def options(redis, gc, *extra):
-    o = Options(environ={"MC_SERVICE_TOKEN": TEST_SERVICE_TOKEN, "MC_GC_TOKENS": TEST_GC_TOKEN})
+    o = Options(environ={"MC_SERVICE_TOKEN": TEST_SERVICE_TOKEN, "MC_GC_TOKENS": TEST_GC_TOKEN,
+                         **PARTICIPANT_ENV})
     o.parseOptions(["--mc-id", "mc-tree-1", "--redis-url", redis.url, "--gc-url", gc.url,
                     "--grpc-listen", "127.0.0.1:0", "--grpc-advertise", "http://127.0.0.1:1",
-                    "--health-listen", "127.0.0.1:0", *extra])
+                    "--health-listen", "127.0.0.1:0", "--webtransport-listen", "127.0.0.1:0",
+                    "--webtransport-advertise", "https://127.0.0.1:1/", *extra])
     return o
 
 
@@ -41,6 +44,7 @@ def test_tree_shape_and_seams(redis, gc):
     verifyObject(IGcClient, root.gc_client)
     verifyObject(ITokenCheck, root.grpc._token_check)
     verifyObject(ISystemProbe, root.monitor._probe)
+    verifyObject(ITokenVerifier, root.tokens)
     assert "AllowAll" not in repr(root.grpc._token_check)
 
 

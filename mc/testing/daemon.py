@@ -11,8 +11,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
-from mc.testing.redisproc import free_port
+from mc.testing.certs import write_self_signed
+from mc.testing.issuer import TokenIssuer
+from mc.testing.redisproc import free_port, free_udp_port
 
 TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
 
@@ -35,10 +38,17 @@ class McProcess:
     the MC at ``redis_url`` and ``gc_url`` on loopback with free ports."""
 
     def __init__(self, workdir, gc_url, redis_url, service_token, gc_token, mc_id="mc-e2e-1",
-                 env=None, daemonize=False, args=()):
+                 env=None, daemonize=False, args=(), jwks_url=None):
         self.workdir = str(workdir)
         self.grpc_port = free_port()
         self.http_port = free_port()
+        self.wt_port = free_udp_port()
+        # ECDSA P-256, under 14 days: a browser can pin it by its hash.
+        self.cert = write_self_signed(self.workdir, name=f"{mc_id}-wt")
+        if jwks_url is None:
+            jwks_path = os.path.join(self.workdir, f"{mc_id}-jwks.json")
+            TokenIssuer().write_jwks(jwks_path)
+            jwks_url = Path(jwks_path).as_uri()
         self.mc_id = mc_id
         self.pidfile = os.path.join(self.workdir, f"{mc_id}.pid")
         self.logfile = os.path.join(self.workdir, f"{mc_id}.log")
@@ -53,12 +63,21 @@ class McProcess:
             "MC_GC_TOKENS": gc_token,
             "MC_GRPC_BIND_ADDRESS": f"127.0.0.1:{self.grpc_port}",
             "MC_GRPC_ADVERTISE_URL": f"http://127.0.0.1:{self.grpc_port}",
-            "MC_WEBTRANSPORT_ADVERTISE_URL": "https://127.0.0.1:4433",
+            "MC_WEBTRANSPORT_BIND_ADDRESS": f"127.0.0.1:{self.wt_port}",
+            "MC_WEBTRANSPORT_ADVERTISE_URL": f"https://127.0.0.1:{self.wt_port}/",
+            "MC_TLS_CERT_PATH": self.cert.cert_path,
+            "MC_TLS_KEY_PATH": self.cert.key_path,
+            "AC_JWKS_URL": jwks_url,
             "MC_HEALTH_BIND_ADDRESS": f"127.0.0.1:{self.http_port}",
             **(env or {}),
         }
         self.proc = None
         self._output = None
+
+    @property
+    def wt_address(self):
+        """``(host, port)`` of the MC's WebTransport (UDP) endpoint."""
+        return ("127.0.0.1", self.wt_port)
 
     @property
     def grpc_target(self):
@@ -81,7 +100,10 @@ class McProcess:
                 return self
             self._output.close()
             self.grpc_port, self.http_port = free_port(), free_port()
-            self.env.update(MC_GRPC_BIND_ADDRESS=f"127.0.0.1:{self.grpc_port}",
+            self.wt_port = free_udp_port()
+            self.env.update(MC_WEBTRANSPORT_BIND_ADDRESS=f"127.0.0.1:{self.wt_port}",
+                            MC_WEBTRANSPORT_ADVERTISE_URL=f"https://127.0.0.1:{self.wt_port}/",
+                            MC_GRPC_BIND_ADDRESS=f"127.0.0.1:{self.grpc_port}",
                             MC_GRPC_ADVERTISE_URL=f"http://127.0.0.1:{self.grpc_port}",
                             MC_HEALTH_BIND_ADDRESS=f"127.0.0.1:{self.http_port}")
             for leftover in (self.logfile, self.pidfile):

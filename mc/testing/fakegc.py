@@ -3,9 +3,12 @@
 It enforces the wire contract's auth and validation rules the way the deployed
 GC does, records every request it answers, and can be scripted (rejections,
 NOT_FOUND, UNAVAILABLE, delays, restarts) from any thread. It also plays the
-GC's client side (``assign_meeting``) against an MC.
+GC's client side (``assign_meeting``) against an MC, and the GC's join flow
+(``FakeGc.join``): it places meetings on registered MCs the way the deployed
+GC does and hands out meeting tokens from its own ``TokenIssuer``, whose JWKS
+it serves over HTTP while it runs.
 
-    python -m mc.testing.fakegc --listen 127.0.0.1:50051 --token-file F
+    python -m mc.testing.fakegc --listen 127.0.0.1:50051 --token-file F [--jwks-file J]
 
 runs one in the foreground, printing one JSON line per request to stdout.
 """
@@ -25,6 +28,7 @@ import grpc
 from google.protobuf import json_format
 
 from mc.proto import gc_mc_pb2, gc_mc_pb2_grpc
+from mc.testing.issuer import TokenIssuer
 
 # The contract's rules, written out here rather than imported from mc.config
 # so that the fake checks the MC instead of agreeing with it.
@@ -36,6 +40,9 @@ MAX_TOKEN_BYTES = 8192
 BEARER = "Bearer "
 DEFAULT_FAST_MS = 10000
 DEFAULT_COMPREHENSIVE_MS = 30000
+#: An MC whose last heartbeat is this old is silent: the GC no longer uses it.
+DEFAULT_STALE_AFTER = 30.0
+DEFAULT_MH_ASSIGNMENTS = (("mh-1", "https://mh-1.example:4433", "MH_ROLE_PRIMARY"),)
 
 REGISTER = "RegisterMC"
 FAST = "FastHeartbeat"
@@ -72,6 +79,39 @@ class Recorded:
             f"Recorded({self.method}, status={self.status}, "
             f"request={json_format.MessageToDict(self.request, preserving_proto_field_name=True)})"
         )
+
+
+@dataclass(frozen=True)
+class _Heard:
+    """An MC's last accepted heartbeat, as the join flow judges it."""
+
+    health: int
+    current_meetings: int
+    max_meetings: int
+    monotonic: float
+
+
+@dataclass(frozen=True)
+class Join:
+    """What the GC's join flow hands a client: where to go and the token."""
+
+    meeting_id: str
+    mc_id: str
+    webtransport_endpoint: str
+    token: str = field(repr=False)
+    #: True when this join made an AssignMeetingWithMh call (a new placement).
+    assigned: bool
+
+
+class NoMcAvailable(Exception):
+    """No registered MC is HEALTHY, heard from recently, with room, and
+    willing to take the meeting; ``tried`` maps each MC asked to its answer."""
+
+    def __init__(self, meeting_id, tried):
+        answers = ", ".join(f"{mc_id}: {why}" for mc_id, why in tried.items()) or "none eligible"
+        super().__init__(f"no MC for meeting {meeting_id} ({answers})")
+        self.meeting_id = meeting_id
+        self.tried = tried
 
 
 class _Reject(Exception):
@@ -137,10 +177,16 @@ class FakeGc:
     ``tokens``: the bearer tokens it accepts (a str or an iterable of str).
     ``tls``: ``(cert_pem, key_pem)`` bytes to serve TLS (then ``url`` is https://).
     ``on_request``: called with each ``Recorded`` from a grpc thread.
+    ``mc_token``: the bearer token sent with AssignMeetingWithMh (None: no header).
+    ``issuer``: the TokenIssuer of join tokens (default a new one); its JWKS
+    is served at ``jwks_url`` while the fake runs. ``stale_after``: seconds
+    after its last heartbeat an MC counts as silent. ``assign_timeout``: the
+    deadline of each AssignMeetingWithMh the join flow makes.
     """
 
     def __init__(self, tokens, host="127.0.0.1", port=0, tls=None, max_workers=16,
-                 on_request=None):
+                 on_request=None, mc_token=None, issuer=None, stale_after=DEFAULT_STALE_AFTER,
+                 assign_timeout=5.0):
         tokens = (tokens,) if isinstance(tokens, str) else tuple(tokens)
         self._tokens = tuple(t.encode() for t in tokens)
         self.host = host
@@ -157,6 +203,14 @@ class FakeGc:
         self._unavailable = False
         self._delay = 0.0
         self._intervals = (DEFAULT_FAST_MS, DEFAULT_COMPREHENSIVE_MS)
+        self._mc_token = mc_token
+        self.issuer = issuer if issuer is not None else TokenIssuer()
+        self.stale_after = stale_after
+        self.assign_timeout = assign_timeout
+        self._heard: dict[str, _Heard] = {}
+        self._placements: dict[str, str] = {}  # meeting id -> mc id
+        # Joins are decided one at a time, as by one GC; never held by grpc threads.
+        self._join_lock = threading.Lock()
         self._server = None
         self._executor = None
         self._stopping = None
@@ -168,6 +222,11 @@ class FakeGc:
     def url(self):
         scheme = "https" if self._tls else "http"
         return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def jwks_url(self):
+        """Where the join tokens' JWKS is served (while the fake runs)."""
+        return self.issuer.url
 
     @property
     def target(self):
@@ -203,6 +262,11 @@ class FakeGc:
             server.start()
             self.port = port
             self._server, self._executor, self._stopping = server, executor, stopping
+        try:
+            self.issuer.serve()
+        except OSError:
+            self.stop()
+            raise
         return self
 
     def stop(self, grace=None):
@@ -213,6 +277,7 @@ class FakeGc:
             self._server = self._executor = self._stopping = None
         if server is None:
             return
+        self.issuer.stop_serving()
         stopping.set()
         server.stop(grace).wait((grace or 0) + 5)
         executor.shutdown(wait=False, cancel_futures=True)
@@ -243,11 +308,13 @@ class FakeGc:
         """Drop one registration, as a cleanup of stale MCs would."""
         with self._lock:
             self._registered.pop(mc_id, None)
+            self._heard.pop(mc_id, None)
 
     def forget_all(self):
         """Drop every registration, as a GC restart would."""
         with self._lock:
             self._registered.clear()
+            self._heard.clear()
 
     def set_unavailable(self, unavailable):
         """Answer every call with UNAVAILABLE while True."""
@@ -263,6 +330,82 @@ class FakeGc:
         """Heartbeat intervals returned by later registrations."""
         with self._lock:
             self._intervals = (int(fast_ms), int(comprehensive_ms))
+
+    def set_mc_token(self, token):
+        """The bearer token later AssignMeetingWithMh calls send (None: none)."""
+        with self._lock:
+            self._mc_token = token
+
+    # -- the join flow -----------------------------------------------------
+
+    def join(self, meeting_id, sub, mh_assignments=None, **claims):
+        """Place ``meeting_id`` and return a ``Join`` for user ``sub``, as the
+        deployed GC's join flow does: the MC holding the meeting is reused
+        while it is HEALTHY and heard from within ``stale_after`` seconds;
+        otherwise the other eligible MCs (HEALTHY, fresh, current_meetings <
+        max_meetings by their last heartbeat), least loaded first, are asked
+        with AssignMeetingWithMh (``mh_assignments`` as ``assign_meeting``
+        takes them; default one primary) until one accepts. ``claims``
+        override the token's claims (see ``TokenIssuer.mint``). Raises
+        NoMcAvailable. Blocks on the MCs' answers: call it from a test thread."""
+        mh = DEFAULT_MH_ASSIGNMENTS if mh_assignments is None else mh_assignments
+        with self._join_lock:
+            with self._lock:
+                now = time.monotonic()
+                current = self._placements.get(meeting_id)
+                reuse = current is not None and self._thd_usable(current, now)
+                if reuse:
+                    endpoint = self._registered[current].webtransport_endpoint
+                else:
+                    candidates = self._thd_candidates(now, exclude=current)
+                    token = self._mc_token
+            if reuse:
+                mc_id, assigned = current, False
+            else:
+                (mc_id, endpoint), assigned = self._place(meeting_id, candidates, mh, token), True
+        return Join(meeting_id, mc_id, endpoint, self.issuer.mint(meeting_id, sub, **claims),
+                    assigned)
+
+    def placement(self, meeting_id):
+        """The id of the MC the fake last placed ``meeting_id`` on, or None."""
+        with self._lock:
+            return self._placements.get(meeting_id)
+
+    def _thd_usable(self, mc_id, now):
+        """Registered, HEALTHY and heard from recently. Called with the lock held."""
+        heard = self._heard.get(mc_id)
+        return (mc_id in self._registered and heard is not None
+                and heard.health == gc_mc_pb2.HEALTHY
+                and now - heard.monotonic < self.stale_after)
+
+    def _thd_candidates(self, now, exclude):
+        """The registrations of the MCs a new placement may use, least loaded
+        first. Called with the lock held."""
+        eligible = []
+        for mc_id, registration in self._registered.items():
+            heard = self._heard.get(mc_id)
+            if (mc_id != exclude and self._thd_usable(mc_id, now)
+                    and heard.current_meetings < heard.max_meetings):
+                eligible.append((heard.current_meetings / heard.max_meetings, mc_id, registration))
+        return [registration for _, _, registration in sorted(eligible, key=lambda e: e[:2])]
+
+    def _place(self, meeting_id, candidates, mh, token):
+        """Ask ``candidates`` in turn; the first that accepts holds the meeting.
+        Returns its ``(mc_id, webtransport_endpoint)``."""
+        tried = {}
+        for registration in candidates:
+            try:
+                response = assign_meeting(registration.grpc_endpoint, meeting_id, mh, token,
+                                          timeout=self.assign_timeout)
+            except grpc.RpcError as e:
+                tried[registration.id] = e.code().name
+                continue
+            if response.accepted:
+                with self._lock:
+                    self._placements[meeting_id] = registration.id
+                return registration.id, registration.webtransport_endpoint
+            tried[registration.id] = gc_mc_pb2.RejectionReason.Name(response.rejection_reason)
+        raise NoMcAvailable(meeting_id, tried)
 
     # -- observing -------------------------------------------------------
 
@@ -355,9 +498,14 @@ class FakeGc:
                 raise _Reject(self._heartbeat_failures.pop(0), "scripted by FakeGc")
             if request.controller_id not in self._registered:
                 raise _Reject(grpc.StatusCode.NOT_FOUND, "controller not registered")
+            c = request.capacity
+            self._heard[request.controller_id] = _Heard(
+                request.health, c.current_meetings, c.max_meetings, time.monotonic())
             return gc_mc_pb2.HeartbeatResponse(acknowledged=True, timestamp=int(time.time()))
         _check_id("meeting_id", request.meeting_id)
         _check_region(request.region)
+        # The meeting is over: the next join places it afresh.
+        self._placements.pop(request.meeting_id, None)
         return gc_mc_pb2.NotifyMeetingEndedResponse(acknowledged=True)
 
     def _thd_answer(self, method, request, context, stopping):
@@ -447,6 +595,7 @@ def main(argv=None):
     parser.add_argument("--tls-key", help="PEM private key")
     parser.add_argument("--fast-ms", type=int, default=DEFAULT_FAST_MS)
     parser.add_argument("--comprehensive-ms", type=int, default=DEFAULT_COMPREHENSIVE_MS)
+    parser.add_argument("--jwks-file", help="write the join tokens' JWKS to this file")
     args = parser.parse_args(argv)
 
     host, _, port = args.listen.rpartition(":")
@@ -473,8 +622,11 @@ def main(argv=None):
         signal.signal(sig, lambda *_: done.set())
     fake = FakeGc(tokens, host=host.strip("[]"), port=int(port), tls=tls, on_request=thd_print)
     fake.set_intervals(args.fast_ms, args.comprehensive_ms)
+    if args.jwks_file:
+        fake.issuer.write_jwks(args.jwks_file)
     fake.start()
     print(f"FakeGc listening on {fake.url}", file=sys.stderr, flush=True)
+    print(f"FakeGc JWKS at {fake.jwks_url}", file=sys.stderr, flush=True)
     while not done.wait(0.5):
         pass
     fake.stop(grace=1)

@@ -1,0 +1,278 @@
+"""QUIC on the reactor: one UDP port, many aioquic sans-I/O connections.
+
+The reactor owns the socket (``listenUDP``); this module does what aioquic's
+asyncio ``QuicServer`` and ``QuicConnectionProtocol`` do, without asyncio:
+route datagrams by connection id, keep one timer per connection, and send
+each connection's output once per reactor turn. The application on top (HTTP/3
+and WebTransport, ``mc.participants.webtransport``) is one object per
+connection, made by ``app_factory(link)``, with two methods:
+
+- ``quic_events(events)``: the connection's events of one receive, timer or
+  send, in order (connection-id events and ``ConnectionTerminated`` are the
+  endpoint's, not passed on);
+- ``connection_ended(event)``: the last call, with the ``ConnectionTerminated``
+  event, or None when ``close_all`` dropped the connection.
+
+aioquic reads no clock: every call takes ``now`` from the one injected
+monotonic ``now()`` (``reactor.seconds()`` is wall time and can jump).
+"""
+
+import time
+
+from aioquic.buffer import Buffer
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import ConnectionIdIssued, ConnectionIdRetired, ConnectionTerminated
+from aioquic.quic.packet import (
+    QuicErrorCode,
+    QuicPacketType,
+    encode_quic_version_negotiation,
+    pull_quic_header,
+)
+from cryptography.hazmat.primitives import serialization
+from twisted.internet.error import MessageLengthError
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from mc.errors import ConfigError
+
+CERT_SETTING = "MC_TLS_CERT_PATH"
+KEY_SETTING = "MC_TLS_KEY_PATH"
+
+
+def load_certificate(configuration, cert_path, key_path):
+    """Load the PEM certificate chain and its key into ``configuration``, or
+    raise ConfigError naming the setting at fault (never the key's content)."""
+    try:
+        configuration.load_cert_chain(cert_path)
+    except OSError as e:
+        raise ConfigError(CERT_SETTING, f"cannot read {cert_path}: {e.strerror}") from None
+    except Exception:
+        raise ConfigError(CERT_SETTING, f"{cert_path} holds no PEM certificate") from None
+    try:
+        with open(key_path, "rb") as f:
+            pem = f.read()
+    except OSError as e:
+        raise ConfigError(KEY_SETTING, f"cannot read {key_path}: {e.strerror}") from None
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except Exception:
+        raise ConfigError(
+            KEY_SETTING, f"{key_path} holds no unencrypted PEM private key") from None
+    if _spki(key.public_key()) != _spki(configuration.certificate.public_key()):
+        raise ConfigError(KEY_SETTING, f"{key_path} is not the key of {cert_path}")
+    configuration.private_key = key
+
+
+def _spki(public_key):
+    return public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def accept_all(addr):
+    return True
+
+
+def describe(addr):
+    """``host:port`` of a UDP address, for logs."""
+    return f"{addr[0]}:{addr[1]}"
+
+
+class QuicLink:
+    """One connection as the endpoint keeps it: the aioquic connection, its
+    application, its one timer and the connection ids routed to it."""
+
+    def __init__(self, endpoint, quic):
+        self.quic = quic
+        self.app = None
+        self.timer = None
+        self.timer_at = None
+        self.cids = set()
+        self._endpoint = endpoint
+
+    @property
+    def peer(self):
+        """The client's ``(host, port)`` as last seen (it can migrate)."""
+        return tuple(self.quic.get_peer_address()[:2])
+
+    def transmit(self):
+        """Have this connection's output sent within this reactor turn."""
+        self._endpoint.mark(self)
+
+    def close(self, error_code, reason=""):
+        """Close the connection (once: aioquic ignores later calls)."""
+        self.quic.close(error_code=error_code, reason_phrase=reason)
+        self.transmit()
+
+
+class QuicEndpoint(DatagramProtocol):
+    """Routes datagrams to connections by destination connection id, as
+    aioquic's ``QuicServer`` does, and drives their timers and sends.
+
+    ``accept_new(addr)`` decides whether a full-size Initial from an unknown
+    connection id may create a connection: the one place where a cap on
+    pending handshakes, or aioquic's stateless retry
+    (``QuicRetryTokenHandler``), would go.
+    """
+
+    log = Logger()
+    noisy = False
+
+    def __init__(self, configuration, app_factory, reactor, now=time.monotonic,
+                 accept_new=accept_all):
+        self.routes: dict[bytes, QuicLink] = {}
+        self.connections: set[QuicLink] = set()
+        self._configuration = configuration
+        self._app_factory = app_factory
+        self._reactor = reactor
+        self._now = now
+        self._accept_new = accept_new
+        self._dirty: dict[QuicLink, None] = {}  # insertion-ordered set
+        self._flush_call = None
+
+    def datagramReceived(self, data, addr):
+        try:
+            header = pull_quic_header(
+                Buffer(data=data), host_cid_length=self._configuration.connection_id_length)
+        except ValueError:
+            return
+        supported = self._configuration.supported_versions
+        if (header.packet_type != QuicPacketType.VERSION_NEGOTIATION
+                and header.version is not None and header.version not in supported):
+            # RFC 9000 5.2.2: answer only datagrams that could start a
+            # connection, so the answer never amplifies a small spoofed one.
+            if len(data) >= SMALLEST_MAX_DATAGRAM_SIZE:
+                self._write(encode_quic_version_negotiation(
+                    source_cid=header.destination_cid, destination_cid=header.source_cid,
+                    supported_versions=supported), addr)
+            return
+        link = self.routes.get(header.destination_cid)
+        if link is None:
+            if (header.packet_type != QuicPacketType.INITIAL
+                    or len(data) < SMALLEST_MAX_DATAGRAM_SIZE or not self._accept_new(addr)):
+                return
+            link = self._new_link(header.destination_cid)
+        link.quic.receive_datagram(data, addr, now=self._now())
+        self._process(link)
+
+    def _new_link(self, original_cid):
+        quic = QuicConnection(configuration=self._configuration,
+                              original_destination_connection_id=original_cid)
+        link = QuicLink(self, quic)
+        link.app = self._app_factory(link)
+        self.connections.add(link)
+        for cid in (original_cid, quic.host_cid):
+            self.routes[cid] = link
+            link.cids.add(cid)
+        return link
+
+    def mark(self, link):
+        """Queue ``link`` for the flush; one ``callLater(0)`` serves every
+        connection that has output in this reactor turn."""
+        self._dirty[link] = None
+        if self._flush_call is None:
+            self._flush_call = self._reactor.callLater(0, self._flush)
+
+    def _flush(self):
+        """Send every dirty connection's datagrams, then re-arm its timer.
+        Each receive and timer marks its connection dirty, so this re-arms
+        after every receive, timer and send."""
+        self._flush_call = None
+        dirty, self._dirty = self._dirty, {}
+        for link in dirty:
+            if link not in self.connections:
+                continue
+            for data, addr in link.quic.datagrams_to_send(now=self._now()):
+                self._write(data, addr)
+            # Sending NEW_CONNECTION_ID frames queues ConnectionIdIssued: route
+            # the new ids before the peer can use them.
+            self._process(link, sent=True)
+            if link in self.connections:
+                self._arm(link)
+
+    def _write(self, data, addr):
+        try:
+            self.transport.write(data, addr)
+        except (OSError, MessageLengthError) as e:
+            # QUIC recovers a lost datagram; the other connections' sends go on.
+            self.log.warn("UDP send to {peer} failed: {reason}", peer=describe(addr), reason=e)
+
+    def _arm(self, link):
+        """Keep one reactor call at aioquic's deadline; touch it only when
+        the deadline changed."""
+        timer_at = link.quic.get_timer()
+        if link.timer is not None and link.timer_at != timer_at:
+            link.timer.cancel()
+            link.timer = None
+        if link.timer is None and timer_at is not None:
+            link.timer = self._reactor.callLater(
+                max(0.0, timer_at - self._now()), self._timer_fired, link)
+        link.timer_at = timer_at
+
+    def _timer_fired(self, link):
+        # The reactor may fire a little before the monotonic deadline, and
+        # handle_timer does nothing when called early.
+        now = max(link.timer_at, self._now())
+        link.timer = link.timer_at = None
+        link.quic.handle_timer(now=now)
+        self._process(link)
+
+    def _process(self, link, sent=False):
+        """Route connection-id events here, hand the rest to the application,
+        end the connection on ConnectionTerminated; then have its output sent
+        (after a send, only if the application got events)."""
+        batch, ended = [], None
+        while (event := link.quic.next_event()) is not None:
+            if isinstance(event, ConnectionIdIssued):
+                self.routes[event.connection_id] = link
+                link.cids.add(event.connection_id)
+            elif isinstance(event, ConnectionIdRetired):
+                self.routes.pop(event.connection_id, None)
+                link.cids.discard(event.connection_id)
+            elif isinstance(event, ConnectionTerminated):
+                ended = event
+            else:
+                batch.append(event)
+        if batch:
+            try:
+                link.app.quic_events(batch)
+            except Exception:
+                # The connection's state is unknown now: end it rather than
+                # let it limp on.
+                self.log.failure("QUIC application failed; closing the connection from {peer}",
+                                 peer=describe(link.peer))
+                link.quic.close(error_code=QuicErrorCode.INTERNAL_ERROR)
+        if ended is not None:
+            self._end(link, ended)
+        elif batch or not sent:
+            self.mark(link)
+
+    def _end(self, link, event):
+        """Forget the connection: every id routed to it, its timer, its place
+        in the flush; then tell its application, once."""
+        if link not in self.connections:
+            return
+        self.connections.discard(link)
+        for cid in link.cids:
+            self.routes.pop(cid, None)
+        link.cids.clear()
+        if link.timer is not None:
+            link.timer.cancel()
+            link.timer = link.timer_at = None
+        self._dirty.pop(link, None)
+        try:
+            link.app.connection_ended(event)
+        except Exception:
+            self.log.failure("QUIC application failed at the end of a connection")
+
+    def close_all(self, error_code=QuicErrorCode.NO_ERROR, reason=""):
+        """Close every connection now (CONNECTION_CLOSE is sent at once, no
+        closing period is waited for) and forget them all."""
+        for link in list(self.connections):
+            link.quic.close(error_code=error_code, reason_phrase=reason)
+            for data, addr in link.quic.datagrams_to_send(now=self._now()):
+                self._write(data, addr)
+            self._end(link, None)
+        if self._flush_call is not None:
+            self._flush_call.cancel()
+            self._flush_call = None
