@@ -12,8 +12,9 @@ import time
 from twisted.application.service import Service
 from twisted.logger import Logger
 
+from mc.binding import new_correlation_id
 from mc.errors import InvalidToken, NoJwks
-from mc.meetings import DRAINING, KICKED, TIMEOUT, VOLUNTARY, AtCapacity
+from mc.meetings import DRAINING, KICKED, TIMEOUT, VOLUNTARY, AtCapacity, Replaced
 
 MAX_NAME_BYTES = 256
 INVALID_TOKEN_MESSAGE = "invalid or expired token"
@@ -21,6 +22,8 @@ INVALID_TOKEN_MESSAGE = "invalid or expired token"
 #: ``mc_joins_total`` outcomes: a small fixed set.
 OUTCOMES = ("accepted", "unauthorized", "not_found", "capacity", "invalid", "redirected",
             "error")
+#: ``mc_reconnects_total`` outcomes.
+RECONNECT_OUTCOMES = ("accepted", "refused")
 
 
 class Refused(Exception):
@@ -77,9 +80,10 @@ class JoinService(Service):
     name = "joins"
     log = Logger()
 
-    def __init__(self, registry, health, verifier, clock, metrics, grace,
+    def __init__(self, registry, health, verifier, clock, metrics, grace, binding,
                  perf_counter=time.perf_counter):
         self._registry = registry
+        self.binding = binding  # BindingKeys; replaced on a rotation
         self._health = health
         self._verifier = verifier
         self._clock = clock
@@ -88,6 +92,7 @@ class JoinService(Service):
         self._perf_counter = perf_counter
         self._in_grace = {}  # Participant -> its DelayedCall
         self._outcomes = {o: metrics.joins.labels(o) for o in OUTCOMES}
+        self._reconnects = {o: metrics.reconnects.labels(o) for o in RECONNECT_OUTCOMES}
 
     def connected(self):
         """Participants with a session open now (a shutdown waits for none)."""
@@ -98,22 +103,34 @@ class JoinService(Service):
         """Participants disconnected and holding their place."""
         return len(self._in_grace)
 
-    async def join(self, meeting_id, token, name, sink):
-        """Admit the sender of a JoinRequest; raise Refused or Redirected."""
+    async def join(self, meeting_id, token, name, sink, correlation_id="", binding_token=""):
+        """Admit the sender of a JoinRequest (a reconnect when it carries a
+        correlation id or binding token); raise Refused or Redirected."""
         started = self._perf_counter()
+        reconnect = bool(correlation_id or binding_token)
         try:
-            admission = await self._join(meeting_id, token, name, sink)
+            if reconnect:
+                admission = await self._reconnect(meeting_id, token, sink, correlation_id,
+                                                  binding_token)
+            else:
+                admission = await self._join(meeting_id, token, name, sink)
         except Refused as e:
             self._outcomes[e.outcome].inc()
+            if reconnect:
+                self._reconnects["refused"].inc()
             raise
         except Redirected:
             self._outcomes["redirected"].inc()
             raise
         self._outcomes["accepted"].inc()
+        if reconnect:
+            self._reconnects["accepted"].inc()
         self._metrics.join_duration.observe(self._perf_counter() - started)
         return admission
 
-    async def _join(self, meeting_id, token, name, sink):
+    async def _hosted_for(self, meeting_id, token):
+        """The token's claims and the meeting, checked in the contract's
+        order: token, hosted here, not draining."""
         try:
             claims = await self._verifier.verify(token, meeting_id)
         except InvalidToken as e:
@@ -128,6 +145,10 @@ class JoinService(Service):
             raise Refused("NOT_FOUND", "meeting not hosted here", "not_found")
         if self._health.draining:
             raise Redirected(meeting_id, DRAINING)
+        return claims, meeting
+
+    async def _join(self, meeting_id, token, name, sink):
+        claims, meeting = await self._hosted_for(meeting_id, token)
         trimmed = valid_name(name)
         try:
             self._registry.check_room(meeting)
@@ -142,8 +163,36 @@ class JoinService(Service):
         self.log.info("participant {participant_id} joined meeting {meeting_id}",
                       participant_id=p.participant_id, meeting_id=meeting_id,
                       user_id=p.user_id)
+        p.correlation_id = new_correlation_id()
+        return self._admission(p)
+
+    async def _reconnect(self, meeting_id, token, sink, correlation_id, binding_token):
+        """The same participant on a new session: its latest binding token,
+        a fresh meeting token for the same ``sub``, within the grace (or
+        while the old session still looks open). The others see nothing."""
+        claims, meeting = await self._hosted_for(meeting_id, token)
+        p = next((o for o in meeting.participants if o.correlation_id == correlation_id), None)
+        if (p is None or p.sub != claims["sub"]
+                or not self.binding.verify(binding_token, meeting_id, correlation_id,
+                                           p.participant_id, p.nonce)):
+            self.log.info("reconnect to meeting {meeting_id} refused", meeting_id=meeting_id)
+            raise Refused("UNAUTHORIZED", "invalid binding", "unauthorized")
+        self._end_grace(p)
+        old, p.sink = p.sink, sink
+        if old is not None and old is not sink:
+            old.deliver(Replaced())
+        self.log.info("participant {participant_id} reconnected to meeting {meeting_id}",
+                      participant_id=p.participant_id, meeting_id=meeting_id)
+        return self._admission(p)
+
+    def _admission(self, p):
+        """A JoinResponse's content, with a new binding token (the previous
+        one stops working now)."""
+        meeting = p.meeting
+        token, p.nonce = self.binding.issue(meeting.meeting_id, p.correlation_id,
+                                            p.participant_id)
         others = tuple(o for o in meeting.participants if o is not p)
-        return Admission(p, others, meeting.media_servers)
+        return Admission(p, others, meeting.media_servers, p.correlation_id, token)
 
     def set_mute(self, p, audio_muted, video_muted):
         p.meeting.set_mute(p, audio_muted, video_muted)

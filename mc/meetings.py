@@ -76,6 +76,13 @@ class MuteChanged(_Event):
         self.audio_muted, self.video_muted = p.audio_muted, p.video_muted
 
 
+class Replaced(_Event):
+    """The participant reconnected on another session: this one closes
+    without the participant leaving."""
+
+    __slots__ = ()
+
+
 class Redirect(_Event):
     __slots__ = ("meeting_id", "reason")
 
@@ -89,7 +96,7 @@ class Participant:
     the participant is disconnected and holds its place (the grace)."""
 
     __slots__ = ("participant_id", "user_id", "sub", "name", "joined_at_ms", "audio_muted",
-                 "video_muted", "sink", "meeting", "binding")
+                 "video_muted", "sink", "meeting", "correlation_id", "nonce")
 
     def __init__(self, meeting, participant_id, user_id, sub, name, joined_at_ms, sink):
         self.meeting = meeting
@@ -101,7 +108,8 @@ class Participant:
         self.audio_muted = False
         self.video_muted = False
         self.sink = sink
-        self.binding = None  # the participants layer's reconnect state
+        self.correlation_id = ""  # with the nonce of its latest binding token:
+        self.nonce = None  # what a reconnect must prove
 
     @property
     def muted(self):

@@ -9,6 +9,7 @@ from mc.gc.auth import AllowAll, TokenCheck
 from mc.gc.gcclient import GrpcGcClient
 from mc.gc.grpcserver import GrpcServerService
 from mc.gc.liaison import GcLiaison
+from mc.binding import BindingKeys
 from mc.joining import JoinService
 from mc.meetings import MeetingRegistry
 from mc.ops.health import Health, HealthMonitor
@@ -70,7 +71,8 @@ def build_tree(config, reactor):
         config.jwks_url, config.token_audience, config.clock_skew, reactor,
         on_refresh=lambda outcome: metrics.jwks_refreshes.labels(outcome).inc())
     root.joins = joins = JoinService(registry, health, tokens, reactor, metrics,
-                                     config.disconnect_grace)
+                                     config.disconnect_grace,
+                                     BindingKeys(config.binding_secret.reveal()))
     root.webtransport = WebTransportService(
         config.webtransport_listen, config.tls_cert, config.tls_key, config.webtransport_path,
         config.allowed_origins, lambda peer: SignalingSession(joins, reactor, peer), reactor)

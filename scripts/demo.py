@@ -1,9 +1,11 @@
 """``make demo``: the whole MC on this machine, end to end, in under a minute.
 
 Starts a throwaway redis-server and a fake GC on loopback, runs ``twistd -n mc``
-against them, has the GC assign meetings (one more than the MC can take),
-shows what the GC saw and an excerpt of /metrics, then stops the MC with
-SIGTERM and shows the clean shutdown. Leaves nothing running.
+against them, has the GC assign meetings (one more than the MC can take), has
+two participants join a meeting over WebTransport through the GC's join flow
+(the roster, a mute, a leave), shows what the GC saw and an excerpt of
+/metrics, then stops the MC with SIGTERM: the participant left is redirected
+and the shutdown is clean. Leaves nothing running.
 """
 
 import signal
@@ -16,6 +18,7 @@ from google.protobuf import json_format
 from mc.proto import gc_mc_pb2 as pb
 from mc.testing.daemon import McProcess, wait_for
 from mc.testing.fakegc import FakeGc, assign_meeting
+from mc.testing.participant import LoopThread, SyncParticipant
 from mc.testing.redisproc import RedisProcess
 
 SERVICE_TOKEN = "demo-service-token"
@@ -44,6 +47,40 @@ def show_heartbeat(record):
         f"{cap.current_participants}/{cap.max_participants}{extra}")
 
 
+def show(who, message):
+    kind = message.WhichOneof("message")
+    body = json_format.MessageToJson(getattr(message, kind), indent=None,
+                                     preserving_proto_field_name=True)
+    say(f"  {who} <- {kind} {body}")
+
+
+def join(loop, gc, meeting_id, name):
+    placed = gc.join(meeting_id, f"user-{name.lower()}")
+    say(f"  {name}: the GC places {meeting_id} on {placed.mc_id} and gives a meeting token; "
+        f"WebTransport to {placed.webtransport_endpoint}")
+    p = SyncParticipant.join(loop, placed.webtransport_endpoint, meeting_id, placed.token, name)
+    for message in p.messages:
+        show(name, message)
+    return p
+
+
+def participants(loop, gc, meeting_id):
+    ann = join(loop, gc, meeting_id, "Ann")
+    bob = join(loop, gc, meeting_id, "Bob")
+    show("Ann", ann.expect("participant_joined"))
+    say("  Bob mutes his microphone:")
+    bob.mute(audio=True)
+    show("Ann", ann.expect("participant_mute_update"))
+    show("Bob", bob.expect("participant_mute_update"))
+    gc.wait_for(lambda: any(h.request.capacity.current_participants == 2
+                            for h in gc.heartbeats("fast")), timeout=10)
+    say("  the GC's next heartbeats count them: current_participants = 2")
+    say("  Bob leaves (finishes his stream, closes the session):")
+    bob.leave()
+    show("Ann", ann.expect("participant_left"))
+    return ann
+
+
 def main():
     with tempfile.TemporaryDirectory(prefix="mc-demo-") as workdir:
         return run(workdir)
@@ -51,7 +88,8 @@ def main():
 
 def run(workdir):
     redis = RedisProcess(dir=workdir)
-    gc = FakeGc(SERVICE_TOKEN)
+    gc = FakeGc(SERVICE_TOKEN, mc_token=GC_TOKEN)
+    loop = LoopThread()
     mc = None
     try:
         heading("starting a throwaway redis-server and a fake GC")
@@ -64,8 +102,9 @@ def run(workdir):
         heading("starting the MC: twistd -n mc")
         mc = McProcess(workdir, gc.url, redis.url, SERVICE_TOKEN, GC_TOKEN, mc_id="mc-demo-1",
                        env={"MC_MAX_MEETINGS": str(MAX_MEETINGS),
-                            "MC_SHUTDOWN_GRACE_SECONDS": "2"}).start()
-        say(f"  gRPC   {mc.grpc_target}   health http://127.0.0.1:{mc.http_port}")
+                            "MC_SHUTDOWN_GRACE_SECONDS": "2"}, jwks_url=gc.jwks_url).start()
+        say(f"  gRPC   {mc.grpc_target}   health http://127.0.0.1:{mc.http_port}   "
+            f"WebTransport {mc.wt_url} (UDP)")
         gc.wait_for(lambda: gc.registrations(), timeout=20)
         reg = gc.registrations()[0]
         say("  the GC got RegisterMC: " + json_format.MessageToJson(
@@ -93,6 +132,10 @@ def run(workdir):
 
         gc.wait_for(lambda: any(h.request.capacity.current_meetings == MAX_MEETINGS
                                 for h in gc.heartbeats("fast")), timeout=10)
+
+        heading("two participants join meeting-1 over WebTransport")
+        ann = participants(loop, gc, "meeting-1")
+
         gc.wait_for(lambda: gc.heartbeats("comprehensive"), timeout=15)
         heading("what the GC saw")
         for record in gc.heartbeats():
@@ -102,14 +145,16 @@ def run(workdir):
         _, body = mc.http("/metrics")
         for line in body.splitlines():
             if line.startswith(("mc_meetings_current", "mc_meeting_assignments_total",
+                                "mc_participants_current", "mc_joins_total",
                                 "mc_gc_registered", "mc_redis_up", "mc_gc_heartbeats_total",
                                 "mc_reactor_lag_seconds", "mc_assignment_duration_seconds_count")):
                 say("  " + line)
 
-        heading("SIGTERM: drain, one DRAINING heartbeat, wait for meetings (2 s), exit")
+        heading("SIGTERM: drain, one DRAINING heartbeat, redirect the participants, exit")
         seen = len(gc.heartbeats())
         mc.signal(signal.SIGTERM)
         started = time.monotonic()
+        show("Ann", ann.expect("redirect_to_mc", timeout=10))
         status = mc.wait(30)
         say(f"  exited with status {status} after {time.monotonic() - started:.1f}s")
         for record in gc.heartbeats()[seen:]:
@@ -127,6 +172,7 @@ def run(workdir):
     finally:
         if mc is not None:
             mc.stop()
+        loop.stop()
         gc.stop()
         redis.stop()
 

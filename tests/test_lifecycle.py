@@ -7,6 +7,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
+from mc.binding import BindingKeys
 from mc.joining import JoinService
 from mc.meetings import MeetingRegistry, Redirect
 from mc.ops.health import DRAINING, HEALTHY, Health
@@ -80,7 +81,8 @@ def make(grace=10):
     grpc = Grpc()
     grpc.startService()
     signals = Signals()
-    joins = JoinService(registry, health, TableTokenVerifier(), reactor, Metrics(), 30)
+    joins = JoinService(registry, health, TableTokenVerifier(), reactor, Metrics(), 30,
+                        BindingKeys(b"k" * 32))
     lc = Lifecycle(cfg, reactor, health, registry, Liaison(health), grpc, joins,
                    signals=signals)
     lc.startService()

@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from mc.interfaces import IParticipantSink, ISessionHandler, ISessionTransport, ITokenVerifier
+from mc.binding import BindingKeys
 from mc.joining import JoinService
 from mc.meetings import MeetingRegistry
 from mc.ops.health import Health
@@ -40,8 +41,9 @@ class Rig:
         self.health = Health(lambda: True, 1.0)
         self.tokens = TableTokenVerifier()
         self.metrics = Metrics()
+        self.binding = BindingKeys(b"s" * 32)
         self.joins = JoinService(self.registry, self.health, self.tokens, self.clock,
-                                 self.metrics, grace)
+                                 self.metrics, grace, self.binding)
         self.meeting = self.registry.commit(self.registry.reserve("m-1"), 1, MH)
         self.full_flips = []
         self.registry.on_capacity_change(self.full_flips.append)
@@ -376,3 +378,101 @@ def test_random_frames_never_hurt_a_neighbour(chunks):
     send(ann, pb.ClientMessage(mute_request=pb.MuteRequest(audio_muted=True)))
     assert not ta.finished
     assert received(ta)[-1].participant_mute_update.audio_self_muted
+
+
+# --- reconnecting -------------------------------------------------------------
+
+def reconnect(rig, old, sub=None, meeting_id="m-1", binding_token=None, correlation_id=None):
+    """A new session presenting ``old``'s JoinResponse (the latest one)."""
+    responses = [m.join_response for m in received(old) if m.HasField("join_response")]
+    r = responses[-1]
+    s, t = rig.session()
+    token = f"tok-re-{len(rig.tokens.tokens)}"
+    rig.tokens.add(token, meeting_id, sub or "user-Bob")
+    send(s, pb.ClientMessage(join_request=pb.JoinRequest(
+        meeting_id=meeting_id, join_token=token, participant_name="ignored",
+        correlation_id=r.correlation_id if correlation_id is None else correlation_id,
+        binding_token=r.binding_token if binding_token is None else binding_token)))
+    return s, t
+
+
+def test_join_response_carries_a_correlation_id_and_a_binding_token():
+    rig = Rig()
+    _, t = rig.join("Ann")
+    r = received(t)[0].join_response
+    assert r.correlation_id and len(r.binding_token) >= 64
+
+
+def test_reconnect_within_the_grace_keeps_ids_and_tells_nobody():
+    rig = Rig(grace=30)
+    ann, ta = rig.join("Ann")
+    bob, tb = rig.join("Bob")
+    send(bob, pb.ClientMessage(mute_request=pb.MuteRequest(video_muted=True)))
+    first = received(tb)[0].join_response
+    tb.abort()
+    rig.clock.advance(20)
+    seen_by_ann = len(received(ta))
+    s2, t2 = reconnect(rig, tb)
+    msgs = received(t2)
+    r = msgs[0].join_response
+    assert (r.participant_id, r.user_id, r.correlation_id) == (
+        first.participant_id, first.user_id, first.correlation_id)
+    assert r.binding_token != first.binding_token
+    assert [p.name for p in r.existing_participants] == ["Ann"]
+    rig.clock.advance(20)  # past the first grace: the reconnect ended it
+    assert len(received(ta)) == seen_by_ann
+    assert rig.registry.snapshot().participants == 2 and rig.joins.in_grace == 0
+    send(s2, pb.ClientMessage(mute_request=pb.MuteRequest()))
+    assert received(ta)[-1].participant_mute_update.participant_id == first.participant_id
+    assert rig.metrics.reconnects.labels("accepted")._value.get() == 1
+
+
+def test_reconnect_while_the_old_session_is_open_replaces_it():
+    rig = Rig()
+    ann, ta = rig.join("Ann")
+    bob, tb = rig.join("Bob")
+    _, t2 = reconnect(rig, tb)
+    assert tb.finished and kinds(t2)[0] == "join_response"
+    assert kinds(ta) == ["join_response", "participant_joined"]  # no leave, no join
+    assert rig.registry.snapshot().participants == 2
+
+
+@pytest.mark.parametrize("case", ["old token", "other sub", "after the grace",
+                                  "wrong correlation", "garbage token", "other meeting"])
+def test_bad_reconnects_are_unauthorized(case):
+    rig = Rig(grace=30)
+    other = rig.registry.commit(rig.registry.reserve("m-2"), 1, MH)
+    assert other is not None
+    ann, ta = rig.join("Ann")
+    bob, tb = rig.join("Bob")
+    kw = {}
+    if case == "old token":
+        stale = received(tb)[0].join_response.binding_token
+        reconnect(rig, tb)  # issues a new one
+        kw["binding_token"] = stale
+    elif case == "other sub":
+        kw["sub"] = "user-Ann"
+    elif case == "after the grace":
+        tb.abort()
+        rig.clock.advance(31)
+    elif case == "wrong correlation":
+        kw["correlation_id"] = "c-nope"
+    elif case == "garbage token":
+        kw["binding_token"] = "!!"
+    elif case == "other meeting":
+        kw["meeting_id"] = "m-2"
+    _, t = reconnect(rig, tb, **kw)
+    assert error_of(t)[0] == "UNAUTHORIZED" and t.finished
+    assert rig.metrics.reconnects.labels("refused")._value.get() == 1
+
+
+def test_binding_tokens_survive_one_rotation_of_the_secret():
+    rig = Rig()
+    bob, tb = rig.join("Bob")
+    rig.joins.binding = rig.binding.rotated(b"n" * 32)
+    _, t2 = reconnect(rig, tb)
+    assert kinds(t2)[0] == "join_response"
+    rig.joins.binding = rig.joins.binding.rotated(b"o" * 32)
+    rig.joins.binding = rig.joins.binding.rotated(b"p" * 32)
+    _, t3 = reconnect(rig, t2)
+    assert error_of(t3)[0] == "UNAUTHORIZED"  # signed two rotations ago

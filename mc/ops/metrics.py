@@ -60,6 +60,9 @@ class Metrics:
         self.join_duration = Histogram(
             "mc_join_duration_seconds", "JoinRequest to JoinResponse (accepted joins)",
             buckets=JOIN_BUCKETS, registry=r)
+        self.reconnects = Counter(
+            "mc_reconnects_total", "Reconnects with a binding token, by outcome", ["outcome"],
+            registry=r)
         self.webtransport_sessions = Gauge(
             "mc_webtransport_sessions_current", "WebTransport sessions open now", registry=r)
         self.jwks_refreshes = Counter(

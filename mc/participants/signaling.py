@@ -14,7 +14,7 @@ from zope.interface import implementer
 
 from mc.interfaces import IParticipantSink, ISessionHandler
 from mc.joining import Redirected, Refused
-from mc.meetings import KICKED, Joined, Left, MuteChanged, Redirect
+from mc.meetings import KICKED, Joined, Left, MuteChanged, Redirect, Replaced
 from mc.proto import signaling_pb2 as pb
 
 #: The contract's limits.
@@ -158,6 +158,7 @@ class SignalingSession:
         self._join_timer = None
         self._queued = []  # messages that arrived while the join was checked
         self._leave_reason = None  # set when we close a joined session on purpose
+        self._reconnecting = False
         self.participant = None
 
     @property
@@ -208,6 +209,10 @@ class SignalingSession:
     # --- IParticipantSink ---------------------------------------------------
 
     def deliver(self, event):
+        if isinstance(event, Replaced):  # the participant lives on in another session
+            self.participant = None
+            self._close()
+            return
         frame = event.frame
         if frame is None:
             frame = event.frame = encode_frame(_event_message(event))
@@ -252,15 +257,20 @@ class SignalingSession:
     def _start_join(self, request):
         self._cancel_join_timer()
         self._state = JOINING
-        d = defer.ensureDeferred(self._joins.join(request.meeting_id, request.join_token,
-                                                  request.participant_name, self))
+        self._reconnecting = bool(request.correlation_id or request.binding_token)
+        d = defer.ensureDeferred(self._joins.join(
+            request.meeting_id, request.join_token, request.participant_name, self,
+            request.correlation_id, request.binding_token))
         d.addCallbacks(self._joined, self._not_joined)
         d.addErrback(self._bug)
 
     def _joined(self, admission):
         p = admission.participant
         if self._state == CLOSED:  # gone while its token was checked
-            self._joins.leave(p)
+            if self._reconnecting:
+                self._joins.lost(p)  # it may try again within the grace
+            else:
+                self._joins.leave(p)
             return
         self.participant = p
         self._state = JOINED

@@ -38,11 +38,12 @@ class McProcess:
     the MC at ``redis_url`` and ``gc_url`` on loopback with free ports."""
 
     def __init__(self, workdir, gc_url, redis_url, service_token, gc_token, mc_id="mc-e2e-1",
-                 env=None, daemonize=False, args=(), jwks_url=None):
+                 env=None, daemonize=False, args=(), jwks_url=None, wt_path="/"):
         self.workdir = str(workdir)
         self.grpc_port = free_port()
         self.http_port = free_port()
         self.wt_port = free_udp_port()
+        self.wt_path = wt_path
         # ECDSA P-256, under 14 days: a browser can pin it by its hash.
         self.cert = write_self_signed(self.workdir, name=f"{mc_id}-wt")
         if jwks_url is None:
@@ -64,7 +65,7 @@ class McProcess:
             "MC_GRPC_BIND_ADDRESS": f"127.0.0.1:{self.grpc_port}",
             "MC_GRPC_ADVERTISE_URL": f"http://127.0.0.1:{self.grpc_port}",
             "MC_WEBTRANSPORT_BIND_ADDRESS": f"127.0.0.1:{self.wt_port}",
-            "MC_WEBTRANSPORT_ADVERTISE_URL": f"https://127.0.0.1:{self.wt_port}/",
+            "MC_WEBTRANSPORT_ADVERTISE_URL": self.wt_url,
             "MC_TLS_CERT_PATH": self.cert.cert_path,
             "MC_TLS_KEY_PATH": self.cert.key_path,
             "AC_JWKS_URL": jwks_url,
@@ -75,9 +76,9 @@ class McProcess:
         self._output = None
 
     @property
-    def wt_address(self):
-        """``(host, port)`` of the MC's WebTransport (UDP) endpoint."""
-        return ("127.0.0.1", self.wt_port)
+    def wt_url(self):
+        """The MC's WebTransport URL, as it advertises it."""
+        return f"https://127.0.0.1:{self.wt_port}{self.wt_path}"
 
     @property
     def grpc_target(self):
@@ -102,7 +103,7 @@ class McProcess:
             self.grpc_port, self.http_port = free_port(), free_port()
             self.wt_port = free_udp_port()
             self.env.update(MC_WEBTRANSPORT_BIND_ADDRESS=f"127.0.0.1:{self.wt_port}",
-                            MC_WEBTRANSPORT_ADVERTISE_URL=f"https://127.0.0.1:{self.wt_port}/",
+                            MC_WEBTRANSPORT_ADVERTISE_URL=self.wt_url,
                             MC_GRPC_BIND_ADDRESS=f"127.0.0.1:{self.grpc_port}",
                             MC_GRPC_ADVERTISE_URL=f"http://127.0.0.1:{self.grpc_port}",
                             MC_HEALTH_BIND_ADDRESS=f"127.0.0.1:{self.http_port}")

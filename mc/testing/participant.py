@@ -113,8 +113,13 @@ class Participant:
         self._reader.cancel()
 
     async def wait_closed(self, timeout=5.0):
-        """Wait until the MC finished (or reset) the stream."""
-        await self.stream.wait_closed(timeout)
+        """Wait until the MC finished (or reset) the stream and every message
+        before that was read."""
+        async def wait():
+            while not self.closed:
+                self._arrived.clear()
+                await self._arrived.wait()
+        await asyncio.wait_for(wait(), timeout)
 
     async def close(self, timeout=5.0):
         """Close the QUIC connection with NO_ERROR (without a stream FIN)."""
