@@ -353,6 +353,9 @@ SETTINGS = (
     Setting("max_participants_per_meeting", "MC_MAX_PARTICIPANTS_PER_MEETING",
             "max-participants-per-meeting", 1000, _int_range(1, MAX_UINT31),
             "Most participants in one meeting"),
+    Setting("max_pending_sessions", "MC_MAX_PENDING_SESSIONS", "max-pending-sessions", 1000,
+            _int_range(1, MAX_UINT31), "Most WebTransport connections that have not joined yet "
+            "(past half of it, new clients must answer a QUIC retry first)"),
     Setting("disconnect_grace", "MC_DISCONNECT_GRACE_PERIOD_SECONDS", "disconnect-grace", 30.0,
             _seconds(0, 3600), "Seconds a participant whose connection was lost keeps its place"),
     Setting("health_listen", "MC_HEALTH_BIND_ADDRESS", "health-listen", "0.0.0.0:8081",
@@ -410,6 +413,7 @@ class Config:
     token_audience: str
     clock_skew: float
     max_participants_per_meeting: int
+    max_pending_sessions: int
     disconnect_grace: float
     health_listen: Address
     max_meetings: int

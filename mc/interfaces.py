@@ -94,6 +94,10 @@ class ISessionTransport(Interface):
         """Queue ``data`` on the client's stream; it leaves within this reactor
         turn. Ignored before the stream exists or after the session ended."""
 
+    def joined():
+        """The session's participant was admitted: its connection no longer
+        counts against the cap on connections that have not joined."""
+
     def finish():
         """Send what is queued, FIN the stream and close the session cleanly
         (CLOSE_WEBTRANSPORT_SESSION). The handler then gets ``session_closed(True)``."""

@@ -75,7 +75,8 @@ def build_tree(config, reactor):
                                      BindingKeys(config.binding_secret.reveal()))
     root.webtransport = WebTransportService(
         config.webtransport_listen, config.tls_cert, config.tls_key, config.webtransport_path,
-        config.allowed_origins, lambda peer: SignalingSession(joins, reactor, peer), reactor)
+        config.allowed_origins, lambda peer: SignalingSession(joins, reactor, peer), reactor,
+        max_pending=config.max_pending_sessions)
     token_check = AllowAll() if config.insecure_no_auth else TokenCheck(config.gc_tokens)
     root.grpc = GrpcServerService(config.grpc_listen, assignment, token_check, reactor)
     # HTTP first: a bind failure stops start-up before anything else runs, and

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from mc.interfaces import IParticipantSink, ISessionHandler, ISessionTransport, ITokenVerifier
 from mc.binding import BindingKeys
+from mc.interfaces import IParticipantSink, ISessionHandler, ISessionTransport, ITokenVerifier
 from mc.joining import JoinService
 from mc.meetings import MeetingRegistry
 from mc.ops.health import Health

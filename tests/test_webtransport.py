@@ -90,7 +90,7 @@ def server(cert):
     ``.handlers`` (one Recorder per accepted session); stopped at teardown."""
     started = []
 
-    def start(origins=(), echo=False):
+    def start(origins=(), echo=False, max_pending=None):
         handlers = []
 
         def factory(peer):
@@ -98,7 +98,7 @@ def server(cert):
             return handlers[-1]
 
         service = WebTransportService(Address("127.0.0.1", 0), cert.cert_path, cert.key_path,
-                                      PATH, origins, factory, reactor)
+                                      PATH, origins, factory, reactor, max_pending=max_pending)
         service.handlers = handlers
         service.startService()
         started.append(service)
@@ -628,3 +628,27 @@ def test_accept_new_can_refuse_a_new_connection(cert):
         endpoint.datagramReceived(data, ("10.0.0.2", 5555))
     assert refused == [("10.0.0.2", 5555)]
     assert endpoint.routes == {} and endpoint.connections == set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pending_cap_retry_then_refusal_and_joined_connections_do_not_count(server, wt):
+    service = server(max_pending=2)
+    first, _ = await open_session(wt, service)
+    assert service.pending_connections == 1
+    # From half the cap on, a new client must answer a stateless retry first
+    # (aioquic's client does so by itself): it still gets in.
+    second, _ = await open_session(wt, service)
+    assert service.pending_connections == 2
+    assert second._quic._retry_source_connection_id is not None
+    assert first._quic._retry_source_connection_id is None
+    # At the cap: the Initial is dropped, no state is kept, the client gives up.
+    with pytest.raises(TimeoutError):
+        await wt(wtclient.connect, "127.0.0.1", service.port, timeout=1.5)
+    assert len(links(service)) == 2
+    for handler in service.handlers:
+        handler.transport.joined()
+    assert service.pending_connections == 0
+    third, _ = await open_session(wt, service)
+    assert service.pending_connections == 1 and len(links(service)) == 3
+    for client in (first, second, third):
+        await wt(client.close, 0)

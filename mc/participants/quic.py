@@ -17,6 +17,7 @@ aioquic reads no clock: every call takes ``now`` from the one injected
 monotonic ``now()`` (``reactor.seconds()`` is wall time and can jump).
 """
 
+import os
 import time
 
 from aioquic.buffer import Buffer
@@ -26,9 +27,11 @@ from aioquic.quic.events import ConnectionIdIssued, ConnectionIdRetired, Connect
 from aioquic.quic.packet import (
     QuicErrorCode,
     QuicPacketType,
+    encode_quic_retry,
     encode_quic_version_negotiation,
     pull_quic_header,
 )
+from aioquic.quic.retry import QuicRetryTokenHandler
 from cryptography.hazmat.primitives import serialization
 from twisted.internet.error import MessageLengthError
 from twisted.internet.protocol import DatagramProtocol
@@ -99,6 +102,19 @@ class QuicLink:
         """Have this connection's output sent within this reactor turn."""
         self._endpoint.mark(self)
 
+    def now(self):
+        """The endpoint's monotonic clock."""
+        return self._endpoint.now()
+
+    def call_later(self, delay, fn, *args):
+        """A reactor call on the connection's behalf (the caller cancels it
+        when the connection ends)."""
+        return self._endpoint.reactor.callLater(delay, fn, *args)
+
+    def joined(self):
+        """A session of this connection joined: it stops counting as pending."""
+        self._endpoint.pending.discard(self)
+
     def close(self, error_code, reason=""):
         """Close the connection (once: aioquic ignores later calls)."""
         self.quic.close(error_code=error_code, reason_phrase=reason)
@@ -110,23 +126,29 @@ class QuicEndpoint(DatagramProtocol):
     aioquic's ``QuicServer`` does, and drives their timers and sends.
 
     ``accept_new(addr)`` decides whether a full-size Initial from an unknown
-    connection id may create a connection: the one place where a cap on
-    pending handshakes, or aioquic's stateless retry
-    (``QuicRetryTokenHandler``), would go.
+    connection id may create a connection. ``max_pending`` caps the
+    connections none of whose sessions has joined yet (``pending``; a
+    session's ``joined`` takes its connection out): past the cap a new
+    connection's Initial is dropped, and from half of it on a client must
+    first prove its address with aioquic's stateless retry token, so a
+    handshake flood from spoofed addresses costs no state at all.
     """
 
     log = Logger()
     noisy = False
 
     def __init__(self, configuration, app_factory, reactor, now=time.monotonic,
-                 accept_new=accept_all):
+                 accept_new=accept_all, max_pending=None):
         self.routes: dict[bytes, QuicLink] = {}
         self.connections: set[QuicLink] = set()
+        self.pending: set[QuicLink] = set()
+        self.max_pending = max_pending
+        self.reactor = reactor
+        self.now = now
         self._configuration = configuration
         self._app_factory = app_factory
-        self._reactor = reactor
-        self._now = now
         self._accept_new = accept_new
+        self._retry = QuicRetryTokenHandler()
         self._dirty: dict[QuicLink, None] = {}  # insertion-ordered set
         self._flush_call = None
 
@@ -151,19 +173,50 @@ class QuicEndpoint(DatagramProtocol):
             if (header.packet_type != QuicPacketType.INITIAL
                     or len(data) < SMALLEST_MAX_DATAGRAM_SIZE or not self._accept_new(addr)):
                 return
-            link = self._new_link(header.destination_cid)
-        link.quic.receive_datagram(data, addr, now=self._now())
+            link = self._admit(header, addr)
+            if link is None:
+                return
+        link.quic.receive_datagram(data, addr, now=self.now())
         self._process(link)
 
-    def _new_link(self, original_cid):
+    def _admit(self, header, addr):
+        """A connection for a new client's Initial, or None: over the pending
+        cap, or a retry sent (or a bad retry token) instead."""
+        cap = self.max_pending
+        if cap is not None and len(self.pending) >= cap:
+            return None
+        original, retry_source = header.destination_cid, None
+        if cap is not None and len(self.pending) >= cap // 2:
+            if not header.token:
+                source_cid = os.urandom(8)
+                self._write(encode_quic_retry(
+                    version=header.version, source_cid=source_cid,
+                    destination_cid=header.source_cid,
+                    original_destination_cid=header.destination_cid,
+                    retry_token=self._retry.create_token(
+                        address=addr, original_destination_connection_id=header.destination_cid,
+                        retry_source_connection_id=source_cid, now=self.now())), addr)
+                return None
+            try:
+                original = self._retry.validate_token(
+                    address=addr, destination_cid=header.destination_cid, token=header.token,
+                    now=self.now())
+            except ValueError:
+                return None
+            retry_source = header.destination_cid
+        return self._new_link(header.destination_cid, original, retry_source)
+
+    def _new_link(self, cid, original_cid, retry_source_cid=None):
         quic = QuicConnection(configuration=self._configuration,
-                              original_destination_connection_id=original_cid)
+                              original_destination_connection_id=original_cid,
+                              retry_source_connection_id=retry_source_cid)
         link = QuicLink(self, quic)
         link.app = self._app_factory(link)
         self.connections.add(link)
-        for cid in (original_cid, quic.host_cid):
-            self.routes[cid] = link
-            link.cids.add(cid)
+        self.pending.add(link)
+        for routed in (cid, quic.host_cid):
+            self.routes[routed] = link
+            link.cids.add(routed)
         return link
 
     def mark(self, link):
@@ -171,7 +224,7 @@ class QuicEndpoint(DatagramProtocol):
         connection that has output in this reactor turn."""
         self._dirty[link] = None
         if self._flush_call is None:
-            self._flush_call = self._reactor.callLater(0, self._flush)
+            self._flush_call = self.reactor.callLater(0, self._flush)
 
     def _flush(self):
         """Send every dirty connection's datagrams, then re-arm its timer.
@@ -182,7 +235,7 @@ class QuicEndpoint(DatagramProtocol):
         for link in dirty:
             if link not in self.connections:
                 continue
-            for data, addr in link.quic.datagrams_to_send(now=self._now()):
+            for data, addr in link.quic.datagrams_to_send(now=self.now()):
                 self._write(data, addr)
             # Sending NEW_CONNECTION_ID frames queues ConnectionIdIssued: route
             # the new ids before the peer can use them.
@@ -205,14 +258,14 @@ class QuicEndpoint(DatagramProtocol):
             link.timer.cancel()
             link.timer = None
         if link.timer is None and timer_at is not None:
-            link.timer = self._reactor.callLater(
-                max(0.0, timer_at - self._now()), self._timer_fired, link)
+            link.timer = self.reactor.callLater(
+                max(0.0, timer_at - self.now()), self._timer_fired, link)
         link.timer_at = timer_at
 
     def _timer_fired(self, link):
         # The reactor may fire a little before the monotonic deadline, and
         # handle_timer does nothing when called early.
-        now = max(link.timer_at, self._now())
+        now = max(link.timer_at, self.now())
         link.timer = link.timer_at = None
         link.quic.handle_timer(now=now)
         self._process(link)
@@ -253,6 +306,7 @@ class QuicEndpoint(DatagramProtocol):
         if link not in self.connections:
             return
         self.connections.discard(link)
+        self.pending.discard(link)
         for cid in link.cids:
             self.routes.pop(cid, None)
         link.cids.clear()
@@ -270,7 +324,7 @@ class QuicEndpoint(DatagramProtocol):
         closing period is waited for) and forget them all."""
         for link in list(self.connections):
             link.quic.close(error_code=error_code, reason_phrase=reason)
-            for data, addr in link.quic.datagrams_to_send(now=self._now()):
+            for data, addr in link.quic.datagrams_to_send(now=self.now()):
                 self._write(data, addr)
             self._end(link, None)
         if self._flush_call is not None:

@@ -274,6 +274,7 @@ class SignalingSession:
             return
         self.participant = p
         self._state = JOINED
+        self._transport.joined()
         self._send(join_response_frame(admission))
         queued, self._queued = self._queued, []
         for message in queued:

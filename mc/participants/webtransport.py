@@ -44,6 +44,12 @@ CLEAN_CLOSE_CODES = (QuicErrorCode.NO_ERROR, ErrorCode.H3_NO_ERROR)
 # aioquic ends an idle connection with this reason (and INTERNAL_ERROR since
 # 1.3, NO_ERROR before): a lost peer, never a clean close.
 IDLE_REASON = "Idle timeout"
+#: After we finish a session, its CLOSE capsule waits until the client has
+#: acknowledged the stream's data, and a moment more: a browser drops stream
+#: data its page has not read yet when the session closes, so an ErrorMessage
+#: sent just before the close would never be seen. Never longer than LINGER_MAX.
+LINGER_POLL = 0.05
+LINGER_MAX = 2.0
 
 
 # The aioquic internals (1.7.2) this module relies on, all of them here.
@@ -149,6 +155,9 @@ class WebTransportSession:
             self._connection.quic.send_stream_data(self.stream_id, data)
             self._connection.link.transmit()
 
+    def joined(self):
+        self._connection.link.joined()
+
     def finish(self):
         if self.open:
             self._connection.end_session(self, _End.FINISH, "finished")
@@ -184,6 +193,7 @@ class WebTransportConnection:
         self.taken: dict[int, WebTransportSession | None] = {}
         self._site = site
         self._lost: list[WebTransportSession] = []
+        self._lingering = {}  # CONNECT stream id -> the call that will close it
 
     @property
     def quic(self):
@@ -223,6 +233,10 @@ class WebTransportConnection:
         self.sessions.clear()
         self.taken.clear()
         self.h3 = None
+        for call in self._lingering.values():
+            if call.active():
+                call.cancel()
+        self._lingering.clear()
         for session in sessions:
             try:
                 self._closed(session, clean, reason)
@@ -245,8 +259,7 @@ class WebTransportConnection:
                 self.taken[stream_id] = None
         connect_id = session.connect_id
         if how is _End.FINISH:
-            self.quic.send_stream_data(
-                connect_id, encode_frame(FrameType.DATA, close_capsule()), end_stream=True)
+            self._close_when_read(connect_id, stream_id, self.link.now() + LINGER_MAX)
         elif how is _End.PEER_CLOSED:
             self.quic.send_stream_data(connect_id, b"", end_stream=True)
         else:
@@ -254,6 +267,21 @@ class WebTransportConnection:
         self._drain(connect_id, session.connect_receiving)
         self.link.transmit()
         self._closed(session, how is not _End.LOST, reason)
+
+    def _close_when_read(self, connect_id, stream_id, deadline, acked=False):
+        """Send the CLOSE capsule one poll after the client acknowledged the
+        stream's data (see LINGER_POLL), or at ``deadline``."""
+        self._lingering.pop(connect_id, None)
+        if self.h3 is None:  # the connection ended meanwhile
+            return
+        if acked or self.link.now() >= deadline:
+            self.quic.send_stream_data(
+                connect_id, encode_frame(FrameType.DATA, close_capsule()), end_stream=True)
+            self.link.transmit()
+            return
+        done = stream_id is None or _unacked(self.quic, stream_id) == 0
+        self._lingering[connect_id] = self.link.call_later(
+            LINGER_POLL, self._close_when_read, connect_id, stream_id, deadline, done)
 
     def _closed(self, session, clean, reason):
         session.open = False
@@ -390,7 +418,7 @@ class WebTransportService(Service):
     log = Logger()
 
     def __init__(self, address, cert_path, key_path, path, allowed_origins, handler_factory,
-                 reactor, now=time.monotonic):
+                 reactor, now=time.monotonic, max_pending=None):
         self.site = WebTransportSite(path, allowed_origins, handler_factory)
         self.endpoint = None
         self.port = None
@@ -399,18 +427,25 @@ class WebTransportService(Service):
         self._key_path = key_path
         self._reactor = reactor
         self._now = now
+        self._max_pending = max_pending
         self._listening = None
 
     @property
     def sessions_current(self):
         return self.site.sessions_current
 
+    @property
+    def pending_connections(self):
+        """Connections none of whose sessions has joined yet."""
+        return len(self.endpoint.pending) if self.endpoint is not None else 0
+
     def startService(self):
         """Load the certificate and bind synchronously: either failing
         raises here (ConfigError naming the setting, CannotListenError), so
         start-up stops."""
         configuration = server_configuration(self._cert_path, self._key_path)
-        endpoint = QuicEndpoint(configuration, self._connection, self._reactor, now=self._now)
+        endpoint = QuicEndpoint(configuration, self._connection, self._reactor, now=self._now,
+                                max_pending=self._max_pending)
         self._listening = self._reactor.listenUDP(
             self._address.port, endpoint, interface=self._address.host)
         self.endpoint = endpoint

@@ -152,6 +152,10 @@ class RecordingTransport:
         self.written = []
         self.finished = False
         self.aborted = False
+        self.is_joined = False
+
+    def joined(self):
+        self.is_joined = True
 
     def write(self, data):
         if not (self.finished or self.aborted):
