@@ -194,6 +194,14 @@ class McProcess:
         status, body = self.http("/readyz")
         return status == 200 and json.loads(body).get("ready")
 
+    def rss(self):
+        """The daemon's resident memory in bytes (Linux /proc)."""
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
     def metric(self, name):
         """The value of an unlabelled metric from /metrics, or None."""
         status, body = self.http("/metrics")
