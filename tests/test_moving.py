@@ -110,7 +110,7 @@ def test_drain_moves_everyone_to_another_mc_without_ending_the_meeting(mc_procs,
     assignable(fake_gc, second)
 
     first.signal(signal.SIGUSR2)
-    for name, p in people.items():
+    for p in people.values():
         redirect = p.expect("redirect_to_mc", timeout=10).redirect_to_mc
         assert (redirect.new_mc_endpoint, redirect.meeting_id, redirect.reason) == (
             "", "mv-4", "draining")

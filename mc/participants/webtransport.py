@@ -264,7 +264,9 @@ class WebTransportConnection:
             self.quic.send_stream_data(connect_id, b"", end_stream=True)
         else:
             self.quic.reset_stream(connect_id, CANCELLED)
-        self._drain(connect_id, session.connect_receiving)
+        # A browser takes STOP_SENDING on CONNECT for a broken session: after
+        # our own clean close, let the client end CONNECT itself.
+        self._drain(connect_id, session.connect_receiving, stop=how is not _End.FINISH)
         self.link.transmit()
         self._closed(session, how is not _End.LOST, reason)
 
@@ -399,12 +401,14 @@ class WebTransportConnection:
         if ended and session.open:
             session.handler.stream_ended()
 
-    def _drain(self, stream_id, receiving):
-        """Stop reading a stream we are done with; what still arrives on it is
+    def _drain(self, stream_id, receiving, stop=True):
+        """Stop reading a stream we are done with (asking the client to stop
+        sending, unless ``stop`` is false); what still arrives on it is
         ignored until its receive side ends."""
         _forget_h3_stream(self.h3, stream_id)
         if receiving:
-            self.quic.stop_stream(stream_id, CANCELLED)
+            if stop:
+                self.quic.stop_stream(stream_id, CANCELLED)
             self.taken[stream_id] = None
 
 
@@ -453,6 +457,12 @@ class WebTransportService(Service):
         super().startService()
         self.log.info("WebTransport on UDP {host}:{port} at path {path}",
                       host=self._address.host, port=self.port, path=self.site.path)
+
+    def use_configuration(self, configuration):
+        """New connections use ``configuration`` (``server_configuration``
+        with a rotated certificate); open ones are not touched."""
+        if self.endpoint is not None:
+            self.endpoint.use_configuration(configuration)
 
     def _connection(self, link):
         return WebTransportConnection(link, self.site)

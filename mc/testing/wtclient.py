@@ -106,6 +106,7 @@ class ClientSession:
         self.close_code = None  # the server's CLOSE_WEBTRANSPORT_SESSION code
         self.connect_ended = False  # the server's FIN of CONNECT
         self.connect_reset_code = None
+        self.ended_by_us = False  # our FIN of CONNECT was sent
         self._changed = asyncio.Event()
         self._client = client
 
@@ -123,11 +124,13 @@ class ClientSession:
     def close(self, code=0, reason=b""):
         """Close the session: CLOSE_WEBTRANSPORT_SESSION capsule, then FIN."""
         capsule = _capsule(CLOSE_WEBTRANSPORT_SESSION, code.to_bytes(4, "big") + reason)
+        self.ended_by_us = True
         self._client.h3.send_data(self.connect_id, capsule, end_stream=True)
         self._client.transmit()
 
     def end_connect(self):
         """End the session with a bare FIN of the CONNECT stream."""
+        self.ended_by_us = True
         self._client.h3.send_data(self.connect_id, b"", end_stream=True)
         self._client.transmit()
 
@@ -142,6 +145,9 @@ class ClientSession:
             if buf.pull_uint_var() == CLOSE_WEBTRANSPORT_SESSION:
                 buf.pull_uint_var()
                 self.close_code = buf.pull_uint32()
+                # As a browser does (and the draft requires): end CONNECT too.
+                if not self.ended_by_us:
+                    self.end_connect()
         except BufferReadError:
             pass  # not a whole close capsule in this chunk: close_code stays None
         self.connect_ended = self.connect_ended or ended
