@@ -16,8 +16,9 @@ $(VENV)/.installed: setup.py
 venv: $(VENV)/.installed
 
 # What the tests and the demo run against, from Debian's packages when missing:
-# redis-server (the fleet's Redis) and chromium (the browser participant).
-APT_PACKAGES := redis-server:redis-server chromium:chromium
+# redis-server (the fleet's Redis), chromium (the browser participant) and
+# systemd-analyze (verifies deploy/systemd/mc.service).
+APT_PACKAGES := redis-server:redis-server chromium:chromium systemd-analyze:systemd
 system-packages:
 	@missing=""; for pair in $(APT_PACKAGES); do \
 	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \

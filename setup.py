@@ -39,6 +39,8 @@ setup(
             "ruff",
             # Self-signed certificates for the TLS tests.
             "cryptography",
+            # deploy/kubernetes/ checked offline: it ships the Kubernetes API's JSON schemas.
+            "kubernetes-validate>=1.30",
         ],
         "bench": ["redis>=5", "pyinstrument", "py-spy"],
     },

@@ -102,7 +102,7 @@ class Baseline(gc_mc_pb2_grpc.MeetingControllerServiceServicer):
         try:
             reply = self._eval(*RedisFencedStore.claim(_CALL, meeting_id))
             written = reply[0] == scripts.OK and self._write(
-                meeting_id, int(reply[1]), record, {"mc_id": self._mc_id, **state})
+                meeting_id, int(reply[1]), record, state)
         except redis.RedisError:
             written = False
         with self._lock:
@@ -115,8 +115,10 @@ class Baseline(gc_mc_pb2_grpc.MeetingControllerServiceServicer):
     def _write(self, meeting_id, generation, record, state):
         """The fenced writes of a claimed meeting's keys; True when both took."""
         replies = [
-            self._eval(*RedisFencedStore.write_assignment(_CALL, meeting_id, generation, record)),
-            self._eval(scripts.WRITE_STATE, *write_state_call(meeting_id, generation, state)),
+            self._eval(*RedisFencedStore.write_assignment(_CALL, meeting_id, generation,
+                                                          self._mc_id, record)),
+            self._eval(scripts.WRITE_STATE,
+                       *write_state_call(meeting_id, generation, self._mc_id, state)),
         ]
         return replies[0][0] == scripts.OK and replies[1][1][0] == scripts.OK
 

@@ -1,23 +1,19 @@
-"""AssignMeetingWithMh's decision and accept path, and the fenced ownership of
-every hosted meeting afterwards; in Deferreds on the reactor, no gRPC here.
+"""AssignMeetingWithMh's decision and accept path, in Deferreds on the
+reactor, no gRPC here. What happens to a meeting after its accept (news of a
+loss, fences, idle ends) is mc/ownership.py's.
 
-One store operation per meeting at a time (an accept, an ownership touch or an
-end): they are fenced writes over a pool of Redis connections, so two in
-flight for one meeting could land in either order (a touch after a delete
-would leave a stray state hash). A second assignment of a meeting joins the
-accept in flight; one arriving during a touch or an end waits for it and then
-decides afresh.
+One store operation per meeting at a time (ownership.Lanes, shared with
+ownership): a second assignment of a meeting joins the accept in flight; one
+arriving during an end or a write-back waits for it and then decides afresh.
 """
 
 from twisted.application.service import Service
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 
-from mc.backoff import retry_policy
 from mc.config import ID_RE, parse_http_url
-from mc.errors import ConfigError, FencedOut, GcCallError, StoreError
-from mc.meetings import MOVED, AtCapacity
-from mc.proto import gc_mc_pb2 as pb
+from mc.errors import ConfigError, FencedOut, StoreError
+from mc.meetings import AtCapacity
 
 MAX_MH_ASSIGNMENTS = 16
 MAX_MH_ID_CHARS = 255
@@ -27,14 +23,7 @@ UNHEALTHY = "UNHEALTHY"
 AT_CAPACITY = "AT_CAPACITY"
 ACCEPTED = (True, None)
 
-#: Longest pause between sweeps (idle ends, ownership touches).
-MAX_SWEEP_INTERVAL = 5.0
-MIN_SWEEP_INTERVAL = 0.05
-FALLBACK_OWNERSHIP_INTERVAL = 30.0
-#: Fenced store operations of the sweep in flight at once.
-SWEEP_CONCURRENCY = 16
-
-_ACCEPT, _TOUCH, _END = "accept", "touch", "end"
+_ACCEPT = "accept"
 
 
 class InvalidAssignment(ValueError):
@@ -87,6 +76,12 @@ def assignment_record(mh_assignments, assigned_at):
     }
 
 
+def owner_state(config, now):
+    """The state hash fields the owning MC writes besides ``mc_id`` and
+    ``generation``."""
+    return {"grpc_endpoint": config.grpc_advertise, "assigned_at": now}
+
+
 def mh_from_record(record):
     """The ``(mh_id, endpoint, role_name)`` tuples of a stored ``mh`` record
     (the inverse of ``assignment_record``)."""
@@ -111,62 +106,32 @@ def _follow(d):
 
 
 class AssignmentService(Service):
-    """Takes the meetings the GC assigns, keeps proving it owns them, and ends
-    the idle ones.
-
-    ``ownership_interval()`` is the most seconds that may pass between two
-    ownership checks of a meeting (the GC liaison's comprehensive interval)."""
+    """Takes the meetings the GC assigns. ``ownership`` (OwnershipService)
+    holds the lanes shared with the rest of the meetings' life and is told of
+    every fence and every accept."""
 
     name = "meetings"
     log = Logger()
 
-    def __init__(self, config, store, registry, health, gc_client, clock, metrics,
-                 ownership_interval):
+    def __init__(self, config, store, registry, health, ownership, clock, metrics):
         self._config = config
         self._store = store
         self._registry = registry
         self._health = health
-        self._gc = gc_client
+        self._ownership = ownership
+        self._lanes = ownership.lanes
         self._clock = clock
         self._metrics = metrics
-        self._ownership_interval = ownership_interval
-        self._delay = retry_policy()
-        self._limit = defer.DeferredSemaphore(SWEEP_CONCURRENCY)
-        self._busy = {}  # meeting_id -> (kind, Deferred) of its one store operation
-        self._queued = {}  # meeting_id -> Deferred waiting for the sweep semaphore
-        self._notifies = {}  # meeting_id -> Deferred of its NotifyMeetingEnded retries
-        self._sweep_call = None
-        self._next_touch = 0.0
         # Each answer is logged only at debug, and even a dropped event costs
         # ~15 us on the hot path, so the lines are not emitted at all above it.
         self._log_each = config.log_level == "debug"
         self._answers = {}  # (status, reason) -> its labelled counter
 
-    # --- life cycle -------------------------------------------------------
-
-    def startService(self):
-        super().startService()
-        self._next_touch = self._clock.seconds()
-        self._schedule_sweep()
-
     def stopService(self):
-        """Stop sweeping, cancel queued sweep work and pending meeting-ended
-        notifications, and wait for the store operations in flight (each is
-        bounded by the store's reply timeout)."""
+        """Wait for the accepts in flight (each bounded by the store's reply
+        timeout); later assignments are answered DRAINING."""
         super().stopService()
-        if self._sweep_call is not None and self._sweep_call.active():
-            self._sweep_call.cancel()
-        self._sweep_call = None
-        for d in list(self._queued.values()):
-            if d is not None:
-                d.cancel()
-        if self._notifies:
-            self.log.warn("stopping with {count} meeting-ended notifications unsent: {meetings}",
-                          count=len(self._notifies), meetings=sorted(self._notifies))
-        for d in list(self._notifies.values()):
-            d.cancel()
-        pending = [d for _, d in self._busy.values()] + list(self._notifies.values())
-        d = defer.DeferredList(pending, consumeErrors=True)
+        d = defer.DeferredList(self._lanes.in_flight(_ACCEPT), consumeErrors=True)
         return d.addCallback(lambda _: None)
 
     def hosted(self):
@@ -226,13 +191,13 @@ class AssignmentService(Service):
                 return self._reject(meeting_id, gc_id, DRAINING)
             if not self._health.redis_up:
                 return self._reject(meeting_id, gc_id, UNHEALTHY)
-            busy = self._busy.get(meeting_id)
+            busy = self._lanes.busy(meeting_id)
             if busy is not None:
                 kind, d = busy
                 result = await _follow(d)
                 if kind == _ACCEPT:
                     return result
-                continue  # a touch or an end finished: the meeting may have changed
+                continue  # an end or a write-back finished: the meeting may have changed
             m = self._registry.get(meeting_id)
             if m is not None:
                 op = self._reassert(m, mh, gc_id)
@@ -242,7 +207,8 @@ class AssignmentService(Service):
                 except AtCapacity as e:
                     return self._reject(meeting_id, gc_id, AT_CAPACITY, e.resource)
                 op = self._accept(reservation, mh, gc_id)
-            return await _follow(self._run(meeting_id, _ACCEPT, op))
+            return await _follow(self._lanes.run(meeting_id, _ACCEPT, op,
+                                                 failed=(False, UNHEALTHY)))
 
     def _reject(self, meeting_id, gc_id, reason, detail=None):
         if self._log_each:
@@ -259,7 +225,7 @@ class AssignmentService(Service):
         try:
             generation = await self._store.claim_and_write(
                 meeting_id, self._config.mc_id, assignment_record(mh, now),
-                {"grpc_endpoint": self._config.grpc_advertise, "assigned_at": now})
+                owner_state(self._config, now))
         except StoreError as e:
             self._registry.release(reservation)
             self.log.warn("could not claim meeting {meeting_id} from {gc_id}: {why}",
@@ -272,9 +238,7 @@ class AssignmentService(Service):
                              meeting_id=meeting_id, gc_id=gc_id)
             return (False, UNHEALTHY)
         self._registry.commit(reservation, generation, mh)
-        pending_end = self._notifies.pop(meeting_id, None)
-        if pending_end is not None:
-            pending_end.cancel()  # it is ours again: "ended" would now be wrong
+        self._ownership.accepted(meeting_id)
         if self._log_each:
             self.log.debug("accepted meeting {meeting_id} from {gc_id} at generation "
                            "{generation}", mc_id=self._config.mc_id, meeting_id=meeting_id,
@@ -288,14 +252,12 @@ class AssignmentService(Service):
         meeting_id = m.meeting_id
         now = int(self._clock.seconds())
         try:
-            await self._store.write_assignment(meeting_id, m.generation,
-                                               assignment_record(mh, now))
+            await self._store.reassert(meeting_id, m.generation, self._config.mc_id,
+                                       assignment_record(mh, now),
+                                       owner_state(self._config, now))
             m.mh_assignments = mh
-            await self._store.write_state(meeting_id, m.generation,
-                                          {"grpc_endpoint": self._config.grpc_advertise,
-                                           "assigned_at": now})
         except FencedOut as e:
-            self._lost(m, e)
+            self._ownership.lost(m, e)
             try:
                 reservation = self._registry.reserve(meeting_id)
             except AtCapacity as e:
@@ -317,168 +279,3 @@ class AssignmentService(Service):
                            "{generation}", mc_id=self._config.mc_id, meeting_id=meeting_id,
                            gc_id=gc_id, generation=m.generation)
         return ACCEPTED
-
-    # --- one store operation per meeting ------------------------------------
-
-    def _run(self, meeting_id, kind, coroutine):
-        """Run a meeting's store operation, marked busy until it settles; its
-        Deferred never fails."""
-        d = defer.ensureDeferred(coroutine)
-        d.addErrback(self._bug, kind, meeting_id)
-        self._busy[meeting_id] = (kind, d)
-        d.addBoth(self._unbusy, meeting_id, d)
-        return d
-
-    def _unbusy(self, result, meeting_id, d):
-        busy = self._busy.get(meeting_id)
-        if busy is not None and busy[1] is d:
-            del self._busy[meeting_id]
-        return result
-
-    def _bug(self, failure, kind, meeting_id):
-        self.log.failure("unexpected error in {kind} of meeting {meeting_id}", failure=failure,
-                         kind=kind, mc_id=self._config.mc_id, meeting_id=meeting_id)
-        return (False, UNHEALTHY) if kind == _ACCEPT else None
-
-    def _lost(self, m, fenced):
-        """Another MC claimed the meeting: stop hosting it, never write its
-        keys again nor say it ended (it lives on there), and send its
-        participants to the GC (only the actor that lost it is removed)."""
-        if self._registry.get(m.meeting_id) is not m:
-            return
-        self._registry.remove(m.meeting_id)
-        m.redirect_all(MOVED)  # its people join again through the GC
-        self._metrics.fenced_out.inc()
-        self.log.error("fenced out of meeting {meeting_id}: our generation {generation}, stored "
-                       "{stored_generation}; no longer hosting it", mc_id=self._config.mc_id,
-                       meeting_id=m.meeting_id, generation=m.generation,
-                       stored_generation=fenced.stored_generation)
-
-    # --- the sweep: ownership touches and idle ends --------------------------
-
-    def _ownership_seconds(self):
-        """The current ownership interval; a broken source must not stop the
-        sweep, so it falls back to the GC's default comprehensive interval."""
-        try:
-            seconds = float(self._ownership_interval())
-        except Exception:
-            self.log.failure("ownership interval unavailable", mc_id=self._config.mc_id)
-            seconds = 0.0
-        return seconds if seconds > 0 else FALLBACK_OWNERSHIP_INTERVAL
-
-    def _sweep_interval(self):
-        interval = min(self._config.meeting_idle / 4, MAX_SWEEP_INTERVAL,
-                       self._ownership_seconds() / 2)
-        return max(interval, MIN_SWEEP_INTERVAL)
-
-    def _schedule_sweep(self):
-        self._sweep_call = self._clock.callLater(self._sweep_interval(), self._sweep)
-
-    def _sweep(self):
-        """End the idle meetings; every half ownership interval, touch the
-        others, so a touch starts at most one interval after the last."""
-        try:
-            for m in self._registry.idle(self._config.meeting_idle):
-                self._enqueue(m, _END, self._end)
-            now = self._clock.seconds()
-            if now >= self._next_touch:
-                self._next_touch = now + self._ownership_seconds() / 2
-                for m in self._registry:
-                    self._enqueue(m, _TOUCH, self._touch)
-        except Exception:
-            self.log.failure("meeting sweep failed", mc_id=self._config.mc_id)
-        finally:
-            if self.running:
-                self._schedule_sweep()
-
-    def _enqueue(self, m, kind, operation):
-        """Queue ``operation(m)`` behind the sweep's concurrency limit, unless
-        the meeting already has one in flight or queued."""
-        if m.meeting_id in self._busy or m.meeting_id in self._queued:
-            return
-        self._queued[m.meeting_id] = None  # _start removes it, maybe right away
-        d = self._limit.run(self._start, m, kind, operation)
-        if m.meeting_id in self._queued:
-            self._queued[m.meeting_id] = d
-        d.addErrback(self._queue_failed, kind, m.meeting_id)
-
-    def _queue_failed(self, failure, kind, meeting_id):
-        if not failure.check(defer.CancelledError):
-            self._bug(failure, kind, meeting_id)
-
-    def _start(self, m, kind, operation):
-        self._queued.pop(m.meeting_id, None)
-        if (not self.running or self._registry.get(m.meeting_id) is not m
-                or m.meeting_id in self._busy):
-            return None
-        return self._run(m.meeting_id, kind, operation(m))
-
-    async def _touch(self, m):
-        """Prove we still own the meeting with a fenced write of its state."""
-        try:
-            await self._store.write_state(m.meeting_id, m.generation,
-                                          {"touched_at": int(self._clock.seconds())})
-        except FencedOut as e:
-            self._lost(m, e)
-        except StoreError as e:
-            self.log.debug("ownership check of meeting {meeting_id} skipped: {why}",
-                           mc_id=self._config.mc_id, meeting_id=m.meeting_id,
-                           generation=m.generation, why=str(e))
-
-    async def _end(self, m):
-        """Delete the idle meeting's keys (fenced), free its slot and tell the
-        GC; if Redis fails it stays hosted and the next sweep tries again."""
-        meeting_id = m.meeting_id
-        if self._registry.get(meeting_id) is not m or m.participant_count:
-            return
-        try:
-            await self._store.delete(meeting_id, m.generation)
-        except FencedOut as e:
-            self._lost(m, e)
-            return
-        except StoreError as e:
-            self.log.warn("could not end idle meeting {meeting_id}; retrying: {why}",
-                          mc_id=self._config.mc_id, meeting_id=meeting_id,
-                          generation=m.generation, why=str(e))
-            return
-        if self._registry.get(meeting_id) is m:
-            self._registry.remove(meeting_id)
-        self._metrics.meetings_ended.labels("idle").inc()
-        self.log.info("meeting {meeting_id} ended: idle for {idle:g}s",
-                      mc_id=self._config.mc_id, meeting_id=meeting_id,
-                      generation=m.generation, idle=self._config.meeting_idle)
-        d = defer.ensureDeferred(self._notify_ended(meeting_id))
-        self._notifies[meeting_id] = d
-        d.addErrback(lambda f: f.trap(defer.CancelledError))
-        d.addBoth(self._notified, meeting_id, d)
-
-    def _notified(self, result, meeting_id, d):
-        if self._notifies.get(meeting_id) is d:
-            del self._notifies[meeting_id]
-        return result
-
-    async def _notify_ended(self, meeting_id):
-        """NotifyMeetingEnded, retried with the one backoff policy for as long
-        as the service runs; only INVALID_ARGUMENT (it cannot ever succeed)
-        gives up."""
-        request = pb.NotifyMeetingEndedRequest(meeting_id=meeting_id, region=self._config.region)
-        attempt = 0
-        while self.running:
-            try:
-                await self._gc.notify_meeting_ended(request)
-            except GcCallError as e:
-                if e.code == "INVALID_ARGUMENT":
-                    self.log.error("GC refused NotifyMeetingEnded for {meeting_id}: {details}",
-                                   mc_id=self._config.mc_id, meeting_id=meeting_id,
-                                   details=e.details)
-                    return
-                delay = self._delay(attempt)
-                attempt += 1
-                self.log.warn("NotifyMeetingEnded for {meeting_id} failed ({code}); retry "
-                              "{attempt} in {delay:.1f}s", mc_id=self._config.mc_id,
-                              meeting_id=meeting_id, code=e.code, attempt=attempt, delay=delay)
-                await task.deferLater(self._clock, delay, lambda: None)
-                continue
-            self.log.info("GC told that meeting {meeting_id} ended", mc_id=self._config.mc_id,
-                          meeting_id=meeting_id)
-            return

@@ -12,7 +12,7 @@ import os
 import re
 import secrets
 import socket
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from urllib.parse import urlsplit
 
 from mc.errors import ConfigError
@@ -63,7 +63,9 @@ class Address:
 class RedisTarget:
     """Where the fleet's Redis is; ``password`` is a Secret or None. Under
     Sentinel, ``sentinels`` holds the sentinels' ``(host, port)`` (``host``
-    and ``port`` are the first of them) and ``service`` the primary's name."""
+    and ``port`` are the first of them) and ``service`` the primary's name.
+    ``ca_path``: the CA bundle a TLS Redis is verified against (None: the
+    system's roots)."""
 
     scheme: str
     host: str
@@ -73,10 +75,11 @@ class RedisTarget:
     username: str = None
     sentinels: tuple = ()
     service: str = None
+    ca_path: str = None
 
     @property
     def tls(self):
-        return self.scheme == "rediss"
+        return self.scheme in ("rediss", SENTINEL_TLS_SCHEME)
 
     def __str__(self):
         auth = ":<redacted>@" if self.password is not None else ""
@@ -183,14 +186,16 @@ def _seconds(lo, hi):
 
 
 SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_TLS_SCHEME = "rediss+sentinel"
 _SERVICE_RE = re.compile(r"[A-Za-z0-9._-]{1,255}")
 _SENTINEL_RE = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+))(?::(\d{1,5}))?")
 
 
 def _parse_sentinel_url(option, value):
-    """``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]``;
-    the password is the data nodes', the sentinels' port defaults to 26379."""
-    rest = value[len(SENTINEL_SCHEME) + 3:]
+    """``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]``
+    (``rediss+sentinel://``: TLS to the sentinels and the nodes); the user and
+    password are the data nodes', the sentinels' port defaults to 26379."""
+    scheme, _, rest = value.partition("://")
     netloc, _, path = rest.partition("/")
     userinfo, at, hosts = netloc.rpartition("@")
     username = password = None
@@ -208,15 +213,15 @@ def _parse_sentinel_url(option, value):
     if db and not db.isdigit():
         raise ConfigError(option, f"database {db!r} is not an integer")
     host, port = sentinels[0]
-    return RedisTarget(SENTINEL_SCHEME, host, port, int(db) if db else 0,
+    return RedisTarget(scheme, host, port, int(db) if db else 0,
                        Secret(password) if password else None, username or None,
                        tuple(sentinels), service)
 
 
 def parse_redis_url(option, value):
     """``redis://[[user]:password@]host[:port][/db]``; ``rediss://`` for TLS;
-    ``redis+sentinel://`` for a Sentinel-managed primary."""
-    if value.startswith(SENTINEL_SCHEME + "://"):
+    ``redis+sentinel://`` (``rediss+sentinel://``) for a Sentinel-managed primary."""
+    if value.startswith((SENTINEL_SCHEME + "://", SENTINEL_TLS_SCHEME + "://")):
         return _parse_sentinel_url(option, value)
     try:
         parts = urlsplit(value)
@@ -327,11 +332,22 @@ SETTINGS = (
     Setting("gc_ca_file", "MC_GC_CA_FILE", "gc-ca-file", None, None,
             "CA bundle (PEM) to verify the GC's TLS certificate [default: system roots]"),
     Setting("redis_url", "REDIS_URL", "redis-url", "redis://127.0.0.1:6379/0", parse_redis_url,
-            "The fleet's Redis; a password may be given in the URL"),
+            "The fleet's Redis; a password may be given in the URL; rediss:// means TLS"),
+    Setting("redis_ca", "MC_REDIS_CA_PATH", "redis-ca", None, None,
+            "CA bundle (PEM) to verify a rediss:// Redis's certificate [default: system roots]"),
     Setting("grpc_listen", "MC_GRPC_BIND_ADDRESS", "grpc-listen", "0.0.0.0:50052", parse_address,
             "host:port the MC's gRPC server listens on"),
     Setting("grpc_advertise", "MC_GRPC_ADVERTISE_URL", "grpc-advertise", None, parse_http_url,
-            "gRPC URL the GC should call [default: http://<FQDN>:<grpc port>]"),
+            "gRPC URL the GC should call [default: http://<FQDN>:<grpc port>, https:// "
+            "with TLS]"),
+    Setting("grpc_tls_cert", "MC_GRPC_TLS_CERT_PATH", "grpc-tls-cert", None, None,
+            "Certificate chain (PEM) of the gRPC server; with its key the server speaks TLS "
+            "[default: plaintext]"),
+    Setting("grpc_tls_key", "MC_GRPC_TLS_KEY_PATH", "grpc-tls-key", None, None,
+            "Private key (PEM) of the gRPC server's certificate"),
+    Setting("grpc_tls_client_ca", "MC_GRPC_TLS_CLIENT_CA_PATH", "grpc-tls-client-ca", None,
+            None, "CA bundle (PEM): the GC must present a certificate it signed (mutual TLS) "
+            "[default: no client certificate asked]"),
     Setting("webtransport_listen", "MC_WEBTRANSPORT_BIND_ADDRESS", "webtransport-listen",
             f"0.0.0.0:{DEFAULT_WEBTRANSPORT_PORT}", parse_address,
             "host:port (UDP) where participants' WebTransport sessions arrive"),
@@ -391,6 +407,8 @@ BINDING_SECRET = ("MC_BINDING_TOKEN_SECRET", "MC_BINDING_TOKEN_SECRET_FILE",
                   "binding-token-secret-file")
 INSECURE_NO_AUTH_FLAG = "insecure-no-auth"
 INSECURE_NO_AUTH_ENV = "MC_INSECURE_NO_AUTH"
+INSECURE_NO_TLS_FLAG = "insecure-no-tls"
+INSECURE_NO_TLS_ENV = "MC_INSECURE_NO_TLS"
 
 
 @dataclass(frozen=True)
@@ -404,6 +422,9 @@ class Config:
     redis: RedisTarget
     grpc_listen: Address
     grpc_advertise: str
+    grpc_tls_cert: str
+    grpc_tls_key: str
+    grpc_tls_client_ca: str
     webtransport_listen: Address
     webtransport_advertise: str
     tls_cert: str
@@ -430,10 +451,18 @@ class Config:
     gc_tokens: tuple
     binding_secret: Secret
     insecure_no_auth: bool = False
+    insecure_no_tls: bool = False
+    #: The secrets read from files, which SIGHUP reads again.
+    secret_files: tuple = ()
 
     @property
     def gc_tls(self):
         return self.gc_url.startswith("https://")
+
+    @property
+    def grpc_tls(self):
+        """The gRPC server speaks TLS."""
+        return self.grpc_tls_cert is not None
 
     @property
     def webtransport_path(self):
@@ -453,6 +482,8 @@ class Config:
             v = getattr(self, f.name)
             if f.name == "gc_tokens":
                 v = f"<{len(v)} redacted>"
+            elif f.name == "secret_files":
+                v = [f"{sf.option}={sf.path}" for sf in v]
             elif f.name == "jwks_url":
                 v = urlsplit(v)._replace(query="", fragment="").geturl()
             elif isinstance(v, (Secret, RedisTarget, Address)):
@@ -472,19 +503,65 @@ def _read_secret_file(option, path):
 
 
 def _secret_source(flags, environ, spec):
-    """The raw secret text and the option it came from, by precedence: the
-    flag's file, then the env value, then the env file."""
+    """The raw secret text, the option it came from and its file (None for a
+    value), by precedence: the flag's file, then the env value, then the env
+    file."""
     env_value, env_file, flag = spec
     if flags.get(flag):
         opt = f"--{flag}"
-        return opt, _read_secret_file(opt, flags[flag])
+        return opt, _read_secret_file(opt, flags[flag]), flags[flag]
     if environ.get(env_value) and environ.get(env_file):
         raise ConfigError(f"{env_value} / {env_file}", "set only one of them")
     if environ.get(env_value) is not None:
-        return env_value, environ[env_value]
+        return env_value, environ[env_value], None
     if environ.get(env_file):
-        return env_file, _read_secret_file(env_file, environ[env_file])
-    return f"{env_value} (or {env_file} / --{flag})", None
+        return env_file, _read_secret_file(env_file, environ[env_file]), environ[env_file]
+    return f"{env_value} (or {env_file} / --{flag})", None, None
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """A secret that came from a file, so that SIGHUP can read it again:
+    ``name`` is its Config field, ``option`` the setting the operator used."""
+
+    name: str
+    option: str
+    path: str
+
+    def read(self):
+        """The file's secret parsed afresh, or ConfigError naming the option
+        (never the content)."""
+        parse = {"service_token": parse_token, "gc_tokens": parse_token_list,
+                 "binding_secret": parse_binding_secret}[self.name]
+        return parse(self.option, _read_secret_file(self.option, self.path))
+
+
+def _switch(flags, environ, flag, env):
+    """An on/off option: the flag, or the env variable set to 1, true or yes."""
+    return bool(flags.get(flag)) or environ.get(env, "").lower() in ("1", "true", "yes")
+
+
+def _check_tls_files(values):
+    """The TLS files exist and come in the combinations that make sense."""
+    for name in ("grpc_tls_cert", "grpc_tls_key", "grpc_tls_client_ca", "redis_ca"):
+        if values[name] is not None and not os.path.isfile(values[name]):
+            raise ConfigError(SETTINGS_BY_NAME[name].option, "file does not exist")
+    cert, key = values["grpc_tls_cert"], values["grpc_tls_key"]
+    if (cert is None) != (key is None):
+        missing, other = ("grpc_tls_key", "certificate") if key is None else \
+            ("grpc_tls_cert", "key")
+        raise ConfigError(SETTINGS_BY_NAME[missing].option,
+                          f"is required with the gRPC server's {other}")
+    if values["grpc_tls_client_ca"] is not None and cert is None:
+        raise ConfigError(SETTINGS_BY_NAME["grpc_tls_client_ca"].option,
+                          "needs the gRPC server's own certificate and key (mutual TLS is "
+                          "TLS first)")
+    if cert is not None and values["insecure_no_tls"]:
+        raise ConfigError(f"--{INSECURE_NO_TLS_FLAG}",
+                          "contradicts the gRPC server's certificate; give one or the other")
+    if values["redis_ca"] is not None and not values["redis_url"].tls:
+        raise ConfigError(SETTINGS_BY_NAME["redis_ca"].option,
+                          "is only used with a rediss:// REDIS_URL")
 
 
 def load(flags=None, environ=None):
@@ -513,7 +590,9 @@ def load(flags=None, environ=None):
     for name in ("tls_cert", "tls_key"):
         if not os.path.isfile(values[name]):
             raise ConfigError(SETTINGS_BY_NAME[name].option, "file does not exist")
-    values["redis"] = values.pop("redis_url")
+    values["insecure_no_tls"] = _switch(flags, environ, INSECURE_NO_TLS_FLAG, INSECURE_NO_TLS_ENV)
+    _check_tls_files(values)
+    values["redis"] = replace(values.pop("redis_url"), ca_path=values.pop("redis_ca"))
     if values["mc_id"] is None:
         values["mc_id"] = default_mc_id()
 
@@ -522,31 +601,42 @@ def load(flags=None, environ=None):
         if values["grpc_listen"].port == 0:
             raise ConfigError(SETTINGS_BY_NAME["grpc_advertise"].option,
                               "required when the gRPC port is 0")
-        values["grpc_advertise"] = f"http://{host}:{values['grpc_listen'].port}"
+        scheme = "https" if values["grpc_tls_cert"] else "http"
+        values["grpc_advertise"] = f"{scheme}://{host}:{values['grpc_listen'].port}"
+    elif values["grpc_tls_cert"] and not values["grpc_advertise"].startswith("https://"):
+        raise ConfigError(SETTINGS_BY_NAME["grpc_advertise"].option,
+                          "must be https:// when the gRPC server speaks TLS")
     if values["webtransport_advertise"] is None:
         if values["webtransport_listen"].port == 0:
             raise ConfigError(SETTINGS_BY_NAME["webtransport_advertise"].option,
                               "required when the WebTransport port is 0")
         values["webtransport_advertise"] = f"https://{host}:{values['webtransport_listen'].port}"
 
-    option, raw = _secret_source(flags, environ, SERVICE_TOKEN)
+    files = []
+    option, raw, path = _secret_source(flags, environ, SERVICE_TOKEN)
     if raw is None:
         raise ConfigError(option, "is required: the bearer token the MC sends to the GC")
     values["service_token"] = parse_token(option, raw)
+    if path:
+        files.append(SecretFile("service_token", option, path))
 
-    insecure = bool(flags.get(INSECURE_NO_AUTH_FLAG)) or (
-        environ.get(INSECURE_NO_AUTH_ENV, "").lower() in ("1", "true", "yes"))
-    option, raw = _secret_source(flags, environ, GC_TOKENS)
+    insecure = _switch(flags, environ, INSECURE_NO_AUTH_FLAG, INSECURE_NO_AUTH_ENV)
+    option, raw, path = _secret_source(flags, environ, GC_TOKENS)
     if raw is None:
         if not insecure:
             raise ConfigError(option, "is required unless --insecure-no-auth is given")
         values["gc_tokens"] = ()
     else:
         values["gc_tokens"] = parse_token_list(option, raw)
+        if path:
+            files.append(SecretFile("gc_tokens", option, path))
     values["insecure_no_auth"] = insecure
 
-    option, raw = _secret_source(flags, environ, BINDING_SECRET)
+    option, raw, path = _secret_source(flags, environ, BINDING_SECRET)
     # Unset: a random one, so binding tokens still work for this process's life.
     values["binding_secret"] = (Secret(secrets.token_bytes(MIN_BINDING_SECRET_BYTES))
                                 if raw is None else parse_binding_secret(option, raw))
+    if path:
+        files.append(SecretFile("binding_secret", option, path))
+    values["secret_files"] = tuple(files)
     return Config(**values)

@@ -20,12 +20,13 @@ class StoreUnavailable(StoreError):
 
 
 class FencedOut(StoreError):
-    """Another writer holds a newer generation of this meeting; nothing changed."""
+    """Another MC holds this meeting (a newer generation, or the state hash
+    names it); nothing changed. ``stored_generation`` is 0 when there is none."""
 
     def __init__(self, meeting_id, generation, stored_generation):
         super().__init__(
-            f"meeting {meeting_id}: generation {generation} fenced out by "
-            f"stored generation {stored_generation}"
+            f"meeting {meeting_id}: generation {generation} fenced out "
+            f"(stored generation {stored_generation})"
         )
         self.meeting_id = meeting_id
         self.generation = generation

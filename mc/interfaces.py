@@ -5,16 +5,26 @@ from zope.interface import Attribute, Interface
 
 
 class IFencedStore(Interface):
-    """Meeting keys in the fleet's shared Redis, every write fenced by generation.
+    """Meeting keys in the fleet's shared Redis, every write fenced by
+    generation and owner: it succeeds only when the writer holds at least the
+    stored generation and, when the state hash names an owner (``mc_id``),
+    is that owner.
 
-    Methods return Deferreds. Failures: ``mc.errors.FencedOut`` when the stored
-    generation is above the writer's (nothing changed), ``mc.errors.CorruptGeneration``
-    when the stored generation is not an integer (nothing changed), and
-    ``mc.errors.StoreUnavailable`` when Redis cannot be reached or did not answer
-    in time.
+    Methods return Deferreds. Failures: ``mc.errors.FencedOut`` when fenced
+    (nothing changed), ``mc.errors.CorruptGeneration`` when the stored
+    generation is not an integer (nothing changed), and
+    ``mc.errors.StoreUnavailable`` when Redis cannot be reached or did not
+    answer in time (the outcome is unknown).
     """
 
-    connected = Attribute("True while a connection to Redis is up right now.")
+    connected = Attribute("True while Redis is reachable and answering.")
+
+    def on_change(observer):
+        """Call ``observer(connected)`` whenever ``connected`` flips."""
+
+    def listen(mc_id, heard):
+        """Call ``heard()`` soon after another MC claims a meeting from
+        ``mc_id`` (best effort: ``news`` is the record)."""
 
     def claim(meeting_id):
         """Increment the meeting's generation (a new meeting starts at 1) and
@@ -22,15 +32,21 @@ class IFencedStore(Interface):
 
     def claim_and_write(meeting_id, mc_id, assignment, state):
         """Claim and write the MH assignment and the state hash in one atomic
-        step; fire with the new generation."""
+        step; fire with the new generation. A previous owner that is another
+        MC finds the meeting in its ``news``."""
 
-    def write_assignment(meeting_id, generation, assignment):
+    def reassert(meeting_id, generation, mc_id, assignment, state):
+        """Fenced write of the assignment, the state hash and the MC's index
+        entry at ``generation``, in one atomic step."""
+
+    def write_assignment(meeting_id, generation, mc_id, assignment):
         """Fenced SET of ``meeting:<id>:mh`` to the JSON of ``assignment``."""
 
-    def write_state(meeting_id, generation, fields):
-        """Fenced HSET of ``fields`` (plus ``generation``) into ``meeting:<id>:state``."""
+    def write_state(meeting_id, generation, mc_id, fields):
+        """Fenced HSET of ``fields`` (plus ``generation`` and ``mc_id``) into
+        ``meeting:<id>:state``."""
 
-    def delete(meeting_id, generation):
+    def delete(meeting_id, generation, mc_id):
         """Fenced delete of the meeting's mh and state keys (the generation key
         stays, so generations never go backwards)."""
 
@@ -39,6 +55,19 @@ class IFencedStore(Interface):
 
     def read_assignment(meeting_id):
         """Fire with the decoded MH assignment dict, or None."""
+
+    def news(mc_id):
+        """Fire with ``(marked, lost)``: whether ``mc_id``'s marker is set
+        (False: Redis lost its data since ``mark``), and the ``(meeting_id,
+        generation)`` of each meeting another MC claimed from it since it last
+        ``forget_news``-ed them. One Redis command, whatever the MC hosts."""
+
+    def forget_news(mc_id, lost):
+        """Drop these ``(meeting_id, generation)`` entries from the news (an
+        entry rewritten by a newer claim since stays)."""
+
+    def mark(mc_id):
+        """Set ``mc_id``'s marker: Redis holds what it wrote."""
 
 
 class IGcClient(Interface):

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 
 from mc.binding import new_correlation_id
 from mc.errors import InvalidToken, NoJwks
-from mc.meetings import DRAINING, KICKED, TIMEOUT, VOLUNTARY, AtCapacity, Replaced
+from mc.meetings import DRAINING, TIMEOUT, VOLUNTARY, AtCapacity, Replaced
 
 MAX_NAME_BYTES = 256
 INVALID_TOKEN_MESSAGE = "invalid or expired token"
@@ -95,8 +95,9 @@ class JoinService(Service):
         self._reconnects = {o: metrics.reconnects.labels(o) for o in RECONNECT_OUTCOMES}
 
     def connected(self):
-        """Participants with a session open now (a shutdown waits for none)."""
-        return sum(1 for m in self._registry for p in m.participants if p.sink is not None)
+        """Participants with a session open now (a shutdown waits for none):
+        everyone counted but those holding their place in the grace."""
+        return self._registry.snapshot().participants - len(self._in_grace)
 
     @property
     def in_grace(self):
@@ -160,7 +161,7 @@ class JoinService(Service):
         except AtCapacity as e:
             whose = "meeting" if e.resource == "meeting" else "MC"
             raise Refused("CAPACITY_EXCEEDED", f"the {whose} is full", "capacity") from None
-        self.log.info("participant {participant_id} joined meeting {meeting_id}",
+        self.log.debug("participant {participant_id} joined meeting {meeting_id}",
                       participant_id=p.participant_id, meeting_id=meeting_id,
                       user_id=p.user_id)
         p.correlation_id = new_correlation_id()
@@ -181,7 +182,7 @@ class JoinService(Service):
         old, p.sink = p.sink, sink
         if old is not None and old is not sink:
             old.deliver(Replaced())
-        self.log.info("participant {participant_id} reconnected to meeting {meeting_id}",
+        self.log.debug("participant {participant_id} reconnected to meeting {meeting_id}",
                       participant_id=p.participant_id, meeting_id=meeting_id)
         return self._admission(p)
 
@@ -202,12 +203,9 @@ class JoinService(Service):
         self._end_grace(p)
         if p.meeting.participant(p.participant_id) is p:
             p.meeting.leave(p, reason, self._clock.seconds())
-            self.log.info("participant {participant_id} left meeting {meeting_id}: {reason}",
+            self.log.debug("participant {participant_id} left meeting {meeting_id}: {reason}",
                           participant_id=p.participant_id, meeting_id=p.meeting.meeting_id,
                           reason=reason)
-
-    def kick(self, p):
-        self.leave(p, KICKED)
 
     def lost(self, p):
         """``p``'s connection was lost: it keeps its place for the grace, then

@@ -6,7 +6,7 @@ thread, so two concurrent assignments can never both take the last slot. The
 registry knows nothing of Redis or gRPC; the assignment service drives it.
 """
 
-from collections import namedtuple
+from collections import OrderedDict, namedtuple
 
 from twisted.logger import Logger
 
@@ -127,7 +127,7 @@ class Meeting:
 
     __slots__ = (
         "meeting_id", "generation", "mh_assignments", "created_at",
-        "idle_since", "_participants", "_registry", "_next_user_id",
+        "_idle_since", "_participants", "_registry", "_next_user_id",
     )
 
     def __init__(self, registry, meeting_id, generation, mh_assignments, now):
@@ -136,9 +136,21 @@ class Meeting:
         self.generation = generation
         self.mh_assignments = mh_assignments
         self.created_at = now
-        self.idle_since = now
+        self._idle_since = now
         self._participants = _NOBODY
         self._next_user_id = 1
+
+    @property
+    def idle_since(self):
+        """When the meeting was last left empty (or hosted, or assigned
+        again); None while someone is in it."""
+        return self._idle_since
+
+    @idle_since.setter
+    def idle_since(self, now):
+        self._idle_since = now
+        if self._registry is not None:
+            self._registry._idle_changed(self)
 
     @property
     def hosted(self):
@@ -240,6 +252,9 @@ class MeetingRegistry:
         self.participant_estimate = participant_estimate
         self._clock = clock
         self._meetings = {}
+        # The meetings nobody is in, oldest idle_since first (each is set to
+        # "now" and moved to the end): finding the expired ones is O(expired).
+        self._idle = OrderedDict()
         self._pending = {}
         self._participants = 0
         self._observers = []
@@ -296,6 +311,7 @@ class MeetingRegistry:
         m = Meeting(self, reservation.meeting_id, generation, mh_assignments,
                     self._clock.seconds())
         self._meetings[m.meeting_id] = m
+        self._idle[m.meeting_id] = m
         self._check_full()
         return m
 
@@ -310,16 +326,28 @@ class MeetingRegistry:
         if m is None:
             raise UnknownMeeting(meeting_id)
         self._participants -= len(m._participants)
+        self._idle.pop(meeting_id, None)
         m._registry = None  # its participants' leaves no longer count here
         self._check_full()
         return m
 
     def idle(self, idle_seconds):
         """Meetings whose last participant left at least ``idle_seconds`` ago
-        (or that never had one)."""
+        (or that never had one), oldest first; costs O(those meetings)."""
         cutoff = self._clock.seconds() - idle_seconds
-        return [m for m in self._meetings.values()
-                if m.idle_since is not None and m.idle_since <= cutoff]
+        expired = []
+        for m in self._idle.values():
+            if m._idle_since > cutoff:
+                break
+            expired.append(m)
+        return expired
+
+    def _idle_changed(self, m):
+        if m._idle_since is None:
+            self._idle.pop(m.meeting_id, None)
+        else:
+            self._idle[m.meeting_id] = m
+            self._idle.move_to_end(m.meeting_id)
 
     def _finish(self, reservation):
         if reservation.done or self._pending.get(reservation.meeting_id) is not reservation:

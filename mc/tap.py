@@ -30,6 +30,9 @@ class Options(usage.Options):
     optFlags = [
         [mcconfig.INSECURE_NO_AUTH_FLAG, None,
          "Accept AssignMeetingWithMh calls without a bearer token (testing only)"],
+        [mcconfig.INSECURE_NO_TLS_FLAG, None,
+         "Serve the GC's calls in plaintext on purpose: no start-up warning (env "
+         "MC_INSECURE_NO_TLS; TLS ends in front of the MC, or a test)"],
     ]
     optParameters = [[s.flag, None, None, _param_help(s)] for s in mcconfig.SETTINGS] + [
         [mcconfig.SERVICE_TOKEN[2], None, None,

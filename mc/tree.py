@@ -5,21 +5,25 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mc.assignment import AssignmentService
+from mc.binding import BindingKeys
 from mc.gc.auth import AllowAll, TokenCheck
 from mc.gc.gcclient import GrpcGcClient
-from mc.gc.grpcserver import GrpcServerService
+from mc.gc.grpcserver import GrpcServerService, ServerTls
 from mc.gc.liaison import GcLiaison
-from mc.binding import BindingKeys
 from mc.joining import JoinService
 from mc.meetings import MeetingRegistry
 from mc.ops.health import Health, HealthMonitor
 from mc.ops.lifecycle import Lifecycle
+from mc.ops.logs import register_secret_values
 from mc.ops.metrics import Metrics
 from mc.ops.probe import SystemProbe
+from mc.ops.reload import BindingRotation, Reloadable, Reloader
 from mc.ops.web import HealthHttpService
+from mc.ownership import OwnershipService
 from mc.participants.signaling import SignalingSession
 from mc.participants.tokens import TokenVerifier
-from mc.participants.webtransport import WebTransportService
+from mc.participants.webtransport import WebTransportService, server_configuration
+from mc.redis.connection import probe_period
 from mc.redis.store import RedisFencedStore
 from mc.service import OrderedMultiService
 
@@ -42,6 +46,11 @@ class MeetingController(OrderedMultiService):
         if self.config.insecure_no_auth:
             self.log.warn("--insecure-no-auth: AssignMeetingWithMh accepts calls without a "
                           "token; never run a production MC like this")
+        if not self.config.grpc_tls and not self.config.insecure_no_tls:
+            self.log.warn("the gRPC server speaks plaintext: the GC's bearer tokens cross the "
+                          "network in the clear. Set MC_GRPC_TLS_CERT_PATH and "
+                          "MC_GRPC_TLS_KEY_PATH, or --insecure-no-tls (MC_INSECURE_NO_TLS) "
+                          "when TLS ends in front of the MC")
         super().startService()
 
     @defer.inlineCallbacks
@@ -53,18 +62,25 @@ class MeetingController(OrderedMultiService):
 def build_tree(config, reactor):
     root = MeetingController(config, reactor)
     root.metrics = metrics = Metrics()
-    root.store = store = RedisFencedStore(config.redis, reactor)
+    # Redis is probed at least once per fast heartbeat interval the GC dictates.
+    root.store = store = RedisFencedStore(
+        config.redis, reactor, probe_every=lambda: probe_period(liaison.fast_interval))
     store.setName("redis-store")
     root.registry = registry = MeetingRegistry(
         config.max_meetings, config.max_participants, config.participant_estimate, reactor,
         max_participants_per_meeting=config.max_participants_per_meeting)
     root.health = health = Health(lambda: store.connected, config.lag_threshold)
+    store.on_change(lambda connected: health.check())
     root.monitor = HealthMonitor(health, SystemProbe(), reactor, on_lag=metrics.observe_lag)
     root.gc_client = gc_client = GrpcGcClient(config, reactor, deadline=config.gc_deadline)
     root.liaison = liaison = GcLiaison(config, gc_client, registry, health, reactor, metrics)
+    root.ownership = ownership = OwnershipService(
+        config, store, registry, gc_client, reactor, metrics,
+        interval=lambda: liaison.comprehensive_interval)
+    liaison.on_intervals(ownership.intervals_changed)
+    liaison.on_intervals(store.probe_period_changed)
     root.assignment = assignment = AssignmentService(
-        config, store, registry, health, gc_client, reactor, metrics,
-        ownership_interval=lambda: liaison.comprehensive_interval)
+        config, store, registry, health, ownership, reactor, metrics)
     # A restarted MC hosts its meetings again before it first reports healthy.
     store.recover_on_connect(config.mc_id, assignment.recovered)
     root.tokens = tokens = TokenVerifier(
@@ -78,17 +94,57 @@ def build_tree(config, reactor):
         config.allowed_origins, lambda peer: SignalingSession(joins, reactor, peer), reactor,
         max_pending=config.max_pending_sessions)
     token_check = AllowAll() if config.insecure_no_auth else TokenCheck(config.gc_tokens)
-    root.grpc = GrpcServerService(config.grpc_listen, assignment, token_check, reactor)
+    grpc_tls = ServerTls(config.grpc_tls_cert, config.grpc_tls_key,
+                         config.grpc_tls_client_ca) if config.grpc_tls else None
+    root.grpc = GrpcServerService(config.grpc_listen, assignment, token_check, reactor,
+                                  tls=grpc_tls)
     # HTTP first: a bind failure stops start-up before anything else runs, and
     # /readyz keeps answering "draining" until the very end of a shutdown.
     root.http = HealthHttpService(config.health_listen, health, registry, liaison, metrics,
                                   reactor, idle_timeout=config.http_idle, tokens=tokens,
                                   webtransport=root.webtransport)
-    root.lifecycle = Lifecycle(config, reactor, health, registry, liaison, root.grpc, joins)
+    root.reloader = Reloader(_reloadables(root, grpc_tls), reactor, metrics)
+    root.lifecycle = Lifecycle(config, reactor, health, registry, liaison, root.grpc, joins,
+                               closing=lambda: root.webtransport.closing_sessions,
+                               reload=root.reloader.reload)
 
     # Participants arrive only once the meetings' side and the JWKS are up,
     # and are cut off (stop is the reverse) before them.
-    for service in (root.http, store, root.monitor, assignment, tokens, joins,
-                    root.webtransport, root.grpc, liaison, root.lifecycle):
+    for service in (root.http, store, root.monitor, ownership, assignment, tokens, joins,
+                    root.webtransport, root.grpc, liaison, root.reloader, root.lifecycle):
         service.setServiceParent(root)
     return root
+
+
+def _reloadables(root, grpc_tls):
+    """What SIGHUP reads again and where each goes: the secrets that came
+    from files, the WebTransport certificate, the gRPC server's certificates."""
+    config = root.config
+
+    def service_token(token):
+        register_secret_values(token)
+        root.gc_client.use_service_token(token)
+
+    def gc_tokens(tokens):
+        register_secret_values(*tokens)
+        root.grpc.use_token_check(TokenCheck(tokens))
+
+    apply = {"service_token": service_token, "gc_tokens": gc_tokens}
+    items = []
+    for source in config.secret_files:
+        if source.name == "binding_secret":
+            rotation = BindingRotation(root.joins, config.binding_secret, root.reactor,
+                                       config.disconnect_grace)
+            items.append(Reloadable(source.option, source.read, rotation.rotate, rotation.stop))
+        elif source.name != "gc_tokens" or not config.insecure_no_auth:
+            items.append(Reloadable(source.option, source.read, apply[source.name]))
+    items.append(Reloadable(
+        "MC_TLS_CERT_PATH / MC_TLS_KEY_PATH",
+        lambda: server_configuration(config.tls_cert, config.tls_key),
+        root.webtransport.use_configuration))
+    if grpc_tls is not None:
+        setting = "MC_GRPC_TLS_CERT_PATH / MC_GRPC_TLS_KEY_PATH"
+        if grpc_tls.mutual:
+            setting += " / MC_GRPC_TLS_CLIENT_CA_PATH"
+        items.append(Reloadable(setting, grpc_tls.load, root.grpc.use_certificates))
+    return items

@@ -50,7 +50,8 @@ def show_heartbeat(record):
 def show(who, message):
     kind = message.WhichOneof("message")
     body = json_format.MessageToJson(getattr(message, kind), indent=None,
-                                     preserving_proto_field_name=True)
+                                     preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
     say(f"  {who} <- {kind} {body}")
 
 
@@ -114,9 +115,16 @@ def run(workdir):
         wait_for(mc.ready, 20, what="/readyz 200")
         say(f"  /readyz -> 200 {mc.http('/readyz')[1].strip()}")
 
-        heading(f"the GC assigns {MAX_MEETINGS + 1} meetings to an MC that takes "
-                f"{MAX_MEETINGS}")
-        for i in range(1, MAX_MEETINGS + 2):
+        # The GC places meetings only on an MC whose last heartbeat said HEALTHY.
+        gc.wait_for(lambda: any(h.request.health == pb.HEALTHY
+                                for h in gc.heartbeats("fast")), timeout=20)
+
+        heading("two participants join meeting-1 over WebTransport")
+        ann = participants(loop, gc, "meeting-1")
+
+        heading(f"the GC assigns {MAX_MEETINGS} more meetings to an MC that takes "
+                f"{MAX_MEETINGS} in all")
+        for i in range(2, MAX_MEETINGS + 2):
             meeting_id = f"meeting-{i}"
             r = assign_meeting(mc.grpc_target, meeting_id,
                                [("mh-a", "https://mh-a.example:4433", "MH_ROLE_PRIMARY"),
@@ -132,10 +140,6 @@ def run(workdir):
 
         gc.wait_for(lambda: any(h.request.capacity.current_meetings == MAX_MEETINGS
                                 for h in gc.heartbeats("fast")), timeout=10)
-
-        heading("two participants join meeting-1 over WebTransport")
-        ann = participants(loop, gc, "meeting-1")
-
         gc.wait_for(lambda: gc.heartbeats("comprehensive"), timeout=15)
         heading("what the GC saw")
         for record in gc.heartbeats():

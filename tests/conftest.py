@@ -8,6 +8,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from mc.config import parse_redis_url
+from mc.proto import gc_mc_pb2 as pb
 from mc.redis.store import RedisFencedStore
 from mc.testing.daemon import McProcess
 from mc.testing.fakegc import FakeGc
@@ -62,7 +63,8 @@ E2E_GC_TOKEN = "e2e-gc-token-W3"
 def fake_gc():
     """A started FakeGc asking for 1 s / 3 s heartbeats; its join flow calls
     MCs with the token they accept and mints meeting tokens from its JWKS."""
-    gc = FakeGc(E2E_SERVICE_TOKEN, mc_token=E2E_GC_TOKEN)
+    gc = FakeGc(E2E_SERVICE_TOKEN, mc_token=E2E_GC_TOKEN,
+                placeable=(pb.HEALTHY, pb.DEGRADED))  # DEGRADED: a busy test machine
     gc.set_intervals(1000, 3000)
     gc.start()
     yield gc

@@ -1,5 +1,6 @@
-"""The assignment service's decisions, sweeps and retries, driven by a Clock
-over an in-memory fenced store; plus the request rules and the token check."""
+"""The assignment and ownership services' decisions, checks and retries,
+driven by a Clock over an in-memory fenced store; plus the request rules and
+the token check."""
 
 from collections import defaultdict, deque
 
@@ -23,9 +24,10 @@ from mc.config import Secret
 from mc.errors import FencedOut, StoreUnavailable
 from mc.gc.auth import AllowAll, TokenCheck
 from mc.interfaces import IFencedStore, ITokenCheck
-from mc.meetings import MeetingRegistry
+from mc.meetings import MOVED, MeetingRegistry, Redirect
 from mc.ops.health import Health
 from mc.ops.metrics import Metrics
+from mc.ownership import OwnershipService
 from mc.testing.doubles import ScriptedGcClient, gc_error
 from tests.configs import make_config
 
@@ -90,21 +92,45 @@ def test_token_check():
         TokenCheck(())
 
 
-# --- the service, on a Clock -------------------------------------------------------
+# --- the services, on a Clock -------------------------------------------------------
 
 @implementer(IFencedStore)
 class MemoryStore:
-    """The fencing rule in memory; ``script[method]`` queues outcomes: an
-    exception to fail with, or ``"hold"`` to wait for ``held.pop(0).callback(None)``."""
+    """The fencing rule (generation and owner) and the news of lost meetings
+    in memory; ``script[method]`` queues outcomes: an exception to fail with,
+    or ``"hold"`` to wait for ``held.pop(0).callback(None)``. ``push`` False
+    drops the messages (as a cut subscription would); ``lose_data()`` is a
+    Redis restarted without persistence."""
 
     def __init__(self):
         self.connected = True
+        self.push = True
         self.generations = {}
         self.mh = {}
         self.state = {}
+        self.lost = defaultdict(dict)  # mc_id -> {meeting_id: generation}
+        self.marked = set()
+        self.listeners = {}
+        self.observers = []
         self.calls = []
         self.script = defaultdict(deque)
         self.held = []
+
+    def on_change(self, observer):
+        self.observers.append(observer)
+
+    def set_connected(self, connected):
+        self.connected = connected
+        for observer in self.observers:
+            observer(connected)
+
+    def listen(self, mc_id, heard):
+        self.listeners[mc_id] = heard
+
+    def lose_data(self):
+        for kept in (self.generations, self.mh, self.state, self.lost):
+            kept.clear()
+        self.marked.clear()
 
     def _do(self, method, meeting_id, fn):
         self.calls.append((method, meeting_id))
@@ -117,11 +143,12 @@ class MemoryStore:
             return defer.fail(outcome)
         return defer.maybeDeferred(fn)
 
-    def _fence(self, meeting_id, generation):
+    def _fence(self, meeting_id, generation, mc_id):
         stored = self.generations.get(meeting_id)
-        if stored is not None and generation < stored:
-            raise FencedOut(meeting_id, generation, stored)
-        self.generations[meeting_id] = generation
+        owner = self.state.get(meeting_id, {}).get("mc_id")
+        if (stored is not None and generation < stored) or owner not in (None, mc_id):
+            raise FencedOut(meeting_id, generation, stored or 0)
+        self.generations[meeting_id] = max(generation, stored or 0)
 
     def claim(self, meeting_id):
         def run():
@@ -132,28 +159,43 @@ class MemoryStore:
     def claim_and_write(self, meeting_id, mc_id, assignment, state):
         def run():
             g = self.generations[meeting_id] = self.generations.get(meeting_id, 0) + 1
+            previous = self.state.get(meeting_id, {}).get("mc_id")
             self.mh[meeting_id] = dict(assignment)
             self.state[meeting_id] = dict(state, mc_id=mc_id, generation=g)
+            if previous not in (None, mc_id):
+                self.lost[previous][meeting_id] = g
+                if self.push and previous in self.listeners:
+                    self.listeners[previous]()
             return g
         return self._do("claim_and_write", meeting_id, run)
 
-    def write_assignment(self, meeting_id, generation, assignment):
+    def reassert(self, meeting_id, generation, mc_id, assignment, state):
         def run():
-            self._fence(meeting_id, generation)
+            self._fence(meeting_id, generation, mc_id)
+            self.mh[meeting_id] = dict(assignment)
+            self.state.setdefault(meeting_id, {}).update(state, mc_id=mc_id,
+                                                         generation=generation)
+            return generation
+        return self._do("reassert", meeting_id, run)
+
+    def write_assignment(self, meeting_id, generation, mc_id, assignment):
+        def run():
+            self._fence(meeting_id, generation, mc_id)
             self.mh[meeting_id] = dict(assignment)
             return generation
         return self._do("write_assignment", meeting_id, run)
 
-    def write_state(self, meeting_id, generation, fields):
+    def write_state(self, meeting_id, generation, mc_id, fields):
         def run():
-            self._fence(meeting_id, generation)
-            self.state.setdefault(meeting_id, {}).update(fields, generation=generation)
+            self._fence(meeting_id, generation, mc_id)
+            self.state.setdefault(meeting_id, {}).update(fields, mc_id=mc_id,
+                                                         generation=generation)
             return generation
         return self._do("write_state", meeting_id, run)
 
-    def delete(self, meeting_id, generation):
+    def delete(self, meeting_id, generation, mc_id):
         def run():
-            self._fence(meeting_id, generation)
+            self._fence(meeting_id, generation, mc_id)
             self.mh.pop(meeting_id, None)
             self.state.pop(meeting_id, None)
             return generation
@@ -164,6 +206,20 @@ class MemoryStore:
 
     def read_assignment(self, meeting_id):
         return defer.succeed(self.mh.get(meeting_id))
+
+    def news(self, mc_id):
+        return self._do("news", None, lambda: (mc_id in self.marked,
+                                                sorted(self.lost[mc_id].items())))
+
+    def forget_news(self, mc_id, lost):
+        def run():
+            for meeting_id, generation in lost:
+                if self.lost[mc_id].get(meeting_id) == generation:
+                    del self.lost[mc_id][meeting_id]
+        return self._do("forget_news", None, run)
+
+    def mark(self, mc_id):
+        return self._do("mark", None, lambda: self.marked.add(mc_id))
 
     def count(self, method):
         return sum(1 for m, _ in self.calls if m == method)
@@ -181,9 +237,11 @@ class Rig:
         self.gc = ScriptedGcClient(self.clock)
         self.metrics = Metrics()
         self.interval = ownership_interval
+        self.ownership = OwnershipService(self.config, self.store, self.registry, self.gc,
+                                          self.clock, self.metrics, lambda: self.interval)
         self.service = AssignmentService(self.config, self.store, self.registry, self.health,
-                                         self.gc, self.clock, self.metrics,
-                                         lambda: self.interval)
+                                         self.ownership, self.clock, self.metrics)
+        self.ownership.startService()
         self.service.startService()
 
     def assign(self, meeting_id="meeting-1", mh=MH):
@@ -193,12 +251,23 @@ class Rig:
         for _ in range(round(seconds / step)):
             self.clock.advance(step)
 
+    def stop(self):
+        return defer.DeferredList([self.service.stopService(), self.ownership.stopService()])
+
 
 def result_of(d):
     out = []
     d.addBoth(out.append)
     assert out, "the Deferred has not fired"
     return out[0]
+
+
+class Sink:
+    def __init__(self):
+        self.events = []
+
+    def deliver(self, event):
+        self.events.append(event)
 
 
 def test_decision_order():
@@ -247,44 +316,125 @@ def test_reassigning_a_lost_meeting_claims_it_afresh():
     assert rig.store.state["meeting-1"]["generation"] == 6
 
 
+def test_reassign_is_one_store_call_and_keeps_the_generation():
+    rig = Rig()
+    result_of(rig.assign())
+    assert result_of(rig.assign(mh=(BACKUP,))) == (True, None)
+    assert [c for c, _ in rig.store.calls if c != "news"] == ["claim_and_write", "reassert"]
+    assert rig.registry.get("meeting-1").mh_assignments == (BACKUP,)
+    assert rig.store.mh["meeting-1"]["primary_mh_id"] == "mh-b"
+
+
 def test_reassign_with_redis_failing_is_unhealthy_and_keeps_the_meeting():
     rig = Rig()
     result_of(rig.assign())
-    rig.store.script["write_assignment"].append(StoreUnavailable("down"))
+    rig.store.script["reassert"].append(StoreUnavailable("down"))
     assert result_of(rig.assign()) == (False, UNHEALTHY)
     assert rig.registry.get("meeting-1").generation == 1
 
 
-def test_ownership_touches_at_least_once_per_interval():
+def test_a_claim_by_another_mc_is_heard_at_once_and_its_people_are_moved():
+    rig = Rig(ownership_interval=30.0)
+    result_of(rig.assign())
+    sink = Sink()
+    rig.registry.get("meeting-1").admit("user-1", "Ann", sink, 0.0, lambda: "p-1")
+    rig.store.claim_and_write("meeting-1", "mc-other", {}, {})
+    assert rig.service.hosted() == frozenset()
+    assert [type(e) for e in sink.events] == [Redirect] and sink.events[0].reason == MOVED
+    assert rig.metrics.fenced_out._value.get() == 1
+    assert rig.store.lost["mc-test-1"] == {}, "acted on, then forgotten"
+    assert "meeting-1" not in rig.store.state or rig.store.state["meeting-1"]["mc_id"] == \
+        "mc-other"
+
+
+def test_a_missed_message_is_caught_by_the_periodic_check_within_the_interval():
     rig = Rig(ownership_interval=10.0)
     result_of(rig.assign())
-    rig.store.script["write_state"].append(StoreUnavailable("blip"))
-    touches = []
-    rig.store.write_state = _spy(rig.store.write_state, lambda: touches.append(
-        rig.clock.seconds()))
-    rig.run(60, step=0.5)
-    gaps = [b - a for a, b in zip([0.0] + touches, touches, strict=False)]
-    assert len(touches) >= 6 and max(gaps) <= 10.0
-    assert rig.service.hosted() == {"meeting-1"}  # a failed touch is retried, not fatal
+    rig.run(1)
+    rig.store.push = False
+    rig.store.claim_and_write("meeting-1", "mc-other", {}, {})
+    claimed = rig.clock.seconds()
+    while rig.service.hosted():
+        rig.clock.advance(0.05)
+        assert rig.clock.seconds() - claimed <= 10.0
+    assert rig.clock.seconds() - claimed <= 5.0 + 0.05, "half the interval"
 
 
-def _spy(fn, before):
-    def spy(*args):
-        before()
-        return fn(*args)
-    return spy
-
-
-def test_fenced_out_by_a_touch_stops_hosting_and_writing():
-    rig = Rig(ownership_interval=2.0)
-    result_of(rig.assign())
-    rig.store.generations["meeting-1"] = 2
-    rig.run(2)
+def test_news_of_a_claim_during_our_own_accept_waits_for_the_next_check():
+    rig = Rig(ownership_interval=10.0, max_meetings=5)
+    rig.store.claim_and_write("meeting-1", "mc-test-1", {}, {})  # ours once, long ago
+    rig.store.script["claim_and_write"].append("hold")
+    accepting = rig.assign()  # our claim (generation 2) is in flight ...
+    rig.store.push = False
+    rig.store.claim_and_write("meeting-1", "mc-other", {}, {})  # ... and 3 lands first
+    rig.store.script["claim_and_write"].clear()
+    result_of(rig.ownership.check())
+    assert rig.store.lost["mc-test-1"] == {"meeting-1": 2}, "kept: our accept is in flight"
+    held = rig.store.held.pop(0)
+    rig.store.generations["meeting-1"] = 1  # replay our claim at 2, as Redis ordered it
+    held.callback(None)
+    assert result_of(accepting) == (True, None)
+    rig.store.generations["meeting-1"] = 3
+    rig.store.lost["mc-test-1"]["meeting-1"] = 3
+    result_of(rig.ownership.check())
     assert rig.service.hosted() == frozenset()
-    assert rig.metrics.fenced_out._value.get() == 1
-    writes = len(rig.store.calls)
-    rig.run(10)
-    assert len(rig.store.calls) == writes
+
+
+def test_no_store_work_per_hosted_meeting_while_idle():
+    rig = Rig(ownership_interval=2.0, meeting_idle=3600)
+    rig.run(1.1)  # the first check sets the marker (the recovery does, in the MC)
+    for i in range(500):
+        result_of(rig.assign(f"m-{i}"))
+    before = len(rig.store.calls)
+    rig.run(60, step=0.5)
+    calls = rig.store.calls[before:]
+    assert {c for c, _ in calls} == {"news"}
+    assert len(calls) <= 60 / 1.0 + 1, "one news read per half interval"
+
+
+def test_the_first_check_follows_the_interval_the_gc_dictates():
+    rig = Rig(ownership_interval=30.0)
+    assert rig.store.count("news") == 0
+    rig.run(0.5)
+    rig.interval = 3.0  # the GC's registration answer
+    rig.ownership.intervals_changed()
+    rig.run(0.95)
+    assert rig.store.count("news") == 0
+    rig.run(0.1)
+    assert rig.store.count("news") == 1, "one dictated half-interval after start"
+    rig.interval = 60.0
+    rig.ownership.intervals_changed()
+    rig.run(29.9)
+    assert rig.store.count("news") == 1
+    rig.run(0.2)
+    assert rig.store.count("news") == 2
+
+
+def test_back_from_an_outage_the_check_runs_at_once():
+    rig = Rig()
+    rig.run(15.1)
+    reads = rig.store.count("news")
+    rig.store.set_connected(False)
+    rig.store.set_connected(True)
+    assert rig.store.count("news") == reads + 1
+
+
+def test_a_redis_that_lost_its_data_gets_every_meeting_written_back():
+    rig = Rig(ownership_interval=4.0)
+    for m in ("m-1", "m-2", "m-3"):
+        result_of(rig.assign(m))
+    rig.run(2.1)
+    assert rig.store.marked == {"mc-test-1"}
+    rig.store.lose_data()
+    rig.store.claim_and_write("m-2", "mc-other", {}, {})  # placed elsewhere meanwhile: 1
+    rig.store.script["reassert"].append(StoreUnavailable("blip"))
+    rig.run(2)
+    assert rig.store.marked == set(), "a failed write-back leaves the marker unset"
+    rig.run(2)
+    assert rig.service.hosted() == {"m-1", "m-3"}, "m-2 is fenced out by its owner"
+    assert rig.store.state["m-1"]["mc_id"] == "mc-test-1"
+    assert rig.store.state["m-2"]["mc_id"] == "mc-other"
+    assert rig.store.marked == {"mc-test-1"}
 
 
 def test_idle_end_retries_a_failed_delete_then_notifies_with_backoff():
@@ -308,6 +458,33 @@ def test_idle_end_retries_a_failed_delete_then_notifies_with_backoff():
     [request] = rig.gc.requests("notify_meeting_ended")[-1:]
     assert (request.meeting_id, request.region) == ("meeting-1", "us-east-1")
     assert rig.metrics.meetings_ended.labels("idle")._value.get() == 1
+
+
+def test_the_idle_check_looks_only_at_the_meetings_that_expired():
+    clock = Clock()
+    registry = MeetingRegistry(10_000, 10**9, 1, clock)
+    for i in range(5000):  # idle since 0.000, 0.001, ... 4.999
+        registry.commit(registry.reserve(f"m-{i}"), 1, MH)
+        clock.advance(0.001)
+    first = registry.get("m-0")
+    p = first.admit("user-1", "Ann", Sink(), clock.seconds(), lambda: "p-1")
+    clock.advance(10)
+    first.leave(p, "VOLUNTARY", clock.seconds())  # idle again, now the newest
+    now = clock.seconds()
+    assert [m.meeting_id for m in registry.idle(now - 0.0035)] == ["m-1", "m-2", "m-3"]
+    assert registry.idle(now) == [], "nothing is idle that long"
+    assert registry.idle(0.0)[-1] is first
+    registry.remove("m-1")
+    assert [m.meeting_id for m in registry.idle(now - 0.0035)] == ["m-2", "m-3"]
+    registry.get("m-2").idle_since = now  # assigned again: waits afresh
+    assert [m.meeting_id for m in registry.idle(now - 0.0035)] == ["m-3"]
+
+
+def _spy(fn, before):
+    def spy(*args):
+        before()
+        return fn(*args)
+    return spy
 
 
 def test_a_fenced_out_delete_counts_as_fenced_out():
@@ -342,11 +519,11 @@ def test_stop_cancels_retries_and_waits_for_work_in_flight():
     assert len(rig.gc.requests("notify_meeting_ended")) == 1
     rig.store.script["claim_and_write"].append("hold")
     accepting = rig.assign("meeting-2")
-    stopped = rig.service.stopService()
+    stopped = rig.stop()
     assert not stopped.called
     rig.store.held.pop(0).callback(None)
     assert result_of(accepting) == (True, None)
-    assert result_of(stopped) is None
+    result_of(stopped)
     assert rig.clock.getDelayedCalls() == []
     assert result_of(rig.assign("meeting-3")) == (False, DRAINING)
 

@@ -17,6 +17,7 @@ from mc.assignment import AssignmentService
 from mc.meetings import MeetingRegistry
 from mc.ops.health import Health
 from mc.ops.metrics import Metrics
+from mc.ownership import OwnershipService
 from mc.proto import gc_mc_pb2 as pb
 from mc.redis.keys import generation_key, mh_key, state_key
 from mc.testing.daemon import wait_for
@@ -110,6 +111,50 @@ def test_redis_killed_during_assignments_then_restarted(mc_procs, fake_gc, durab
     assert mc.metric("mc_meetings_current") == len(taken)
 
 
+def test_a_frozen_redis_is_unhealthy_at_once_and_accepting_again_when_it_thaws(
+        mc_procs, fake_gc):
+    fast = 1.0  # what the fake GC hands out (see the fake_gc fixture)
+    server = RedisProcess().start()
+    try:
+        mc = mc_procs(redis_url=server.url)
+        wait_for(mc.ready, 20, what="MC ready")
+        with Stream(mc.grpc_target, prefix="fz") as stream:
+            wait_for(lambda: stream.count(accepted) >= 5, 10, what="accepts before the freeze")
+            server.pause()  # SIGSTOP: connections stay open, nothing answers
+            frozen = time.monotonic()
+            try:
+                wait_for(lambda: mc.http("/readyz")[0] == 503, fast, interval=0.02,
+                         what="/readyz 503 within one fast interval")
+                down = time.monotonic()
+                assert mc.http("/readyz")[1] == '{"ready": false, "reason": "redis ' \
+                                                'unreachable"}\n'
+                told = fake_gc.wait_for(lambda: [h for h in fake_gc.heartbeats("fast")
+                                                 if h.monotonic >= frozen
+                                                 and h.request.health == pb.UNHEALTHY],
+                                        timeout=5)
+                assert told[0].monotonic - down <= fast + 0.1, "the next fast heartbeat"
+                wait_for(lambda: stream.count(unhealthy, since=frozen) >= 10, 5,
+                         what="assignments answered UNHEALTHY")
+                wait_for(lambda: time.monotonic() - frozen >= 2.5, 3, what="a longer freeze")
+            finally:
+                server.resume()
+            thawed = time.monotonic()
+            wait_for(lambda: stream.count(accepted, since=thawed) >= 5, 10,
+                     what="accepts after the thaw")
+        back = min(s for _, s, _, o in stream.results if s >= thawed and accepted(o))
+        assert back - thawed <= 1.0, "accepting again by itself at the first answered probe"
+        during = [(e - s, o) for _, s, e, o in stream.results if frozen <= s and e <= thawed]
+        assert during and not any(accepted(o) for _, o in during)
+        assert all(unhealthy(o) and took < 1.0 for took, o in during), during
+        arrivals = [h.monotonic for h in fake_gc.heartbeats("fast")
+                    if frozen - fast <= h.monotonic <= thawed + fast]
+        gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+        assert gaps and max(gaps) <= fast + 0.1, f"fast heartbeats late: {gaps}"
+        assert mc.alive()
+    finally:
+        server.cleanup()
+
+
 def test_gc_restarted_empty_gets_a_registration_within_one_fast_interval(mc_procs, fake_gc):
     mc = mc_procs()
     wait_for(mc.ready, 20, what="MC ready")
@@ -157,17 +202,18 @@ class Stack:
         self.mc_id = mc_id
         self.config = make_config(environ={"MC_ID": mc_id})
         self.registry = MeetingRegistry(100, 100000, 1, reactor)
+        self.ownership = OwnershipService(self.config, store, self.registry, ScriptedGcClient(),
+                                          reactor, Metrics(), lambda: 30.0)
         self.service = AssignmentService(
             self.config, store, self.registry, Health(lambda: store.connected, 0.5),
-            ScriptedGcClient(), reactor, Metrics(), lambda: 30.0)
+            self.ownership, reactor, Metrics())
         self.mh = ((f"mh-of-{mc_id}", "https://mh.example:4433", "MH_ROLE_PRIMARY"),)
 
     def assign(self, meeting_id):
         return self.service.assign(meeting_id, self.mh, "gc-race")
 
     def check_ownership(self):
-        return defer.gatherResults([defer.ensureDeferred(self.service._touch(m))
-                                    for m in self.registry])
+        return self.ownership.check()
 
 
 RACE = st.lists(st.lists(st.tuples(st.sampled_from("ab"), st.integers(0, 3)),
@@ -196,6 +242,7 @@ async def run_race(redis, stores, batches):
     redis.command("FLUSHALL")
     mcs = {k: Stack(f"mc-race-{k}", store) for k, store in stores.items()}
     for mc in mcs.values():
+        mc.ownership.startService()
         mc.service.startService()
     try:
         for batch in batches:  # each batch's claims are in flight together
@@ -219,3 +266,4 @@ async def run_race(redis, stores, batches):
     finally:
         for mc in mcs.values():
             await mc.service.stopService()
+            await mc.ownership.stopService()

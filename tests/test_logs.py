@@ -1,6 +1,7 @@
 """JSON and text log lines, the level and secrets filters, and how the log
 settings reach twistd."""
 
+import base64
 import io
 import json
 import re
@@ -34,13 +35,14 @@ class Opaque:
 def secrets(monkeypatch):
     """logs' module-level state, empty for the test (other tests' Options
     register their secrets there too) and restored after it, as is the
-    SIGUSR1 handler a file logger installs."""
+    SIGUSR1 and SIGHUP handlers the loggers install."""
     monkeypatch.setattr(logs, "_secrets", set())
     monkeypatch.setattr(logs, "_destination", {"logfile": None, "nodaemon": True})
     monkeypatch.setattr(logs, "_level", {"level": LogLevel.info})
-    handler = signal.getsignal(signal.SIGUSR1)
+    handlers = {s: signal.getsignal(s) for s in logs.REOPEN_SIGNALS}
     yield logs._secrets
-    signal.signal(signal.SIGUSR1, handler)
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
 
 
 def lines_for(emit, observer_factory=logs.json_observer):
@@ -133,8 +135,10 @@ def test_secrets_filter_passes_clean_events_unchanged_and_reads_secrets_late():
 def test_json_logger_writes_stdout_provides_ilogobserver_and_redacts(monkeypatch, secrets):
     out = io.StringIO()
     monkeypatch.setattr("sys.stdout", out)
-    logs.register_secrets(make_config(environ={"REDIS_URL": "redis://:pw-Xy7@redis:6379/0"}))
-    assert secrets == {TEST_SERVICE_TOKEN, TEST_GC_TOKEN, "pw-Xy7"}
+    binding = base64.b64encode(b"b" * 32).decode()
+    logs.register_secrets(make_config(environ={"REDIS_URL": "redis://:pw-Xy7@redis:6379/0",
+                                               "MC_BINDING_TOKEN_SECRET": binding}))
+    assert secrets == {TEST_SERVICE_TOKEN, TEST_GC_TOKEN, "pw-Xy7", binding}
     observer = logs.json_logger()
     assert ILogObserver.providedBy(observer)
     Logger(namespace="mc.test", observer=observer).info(

@@ -37,13 +37,19 @@ def rejoin(loop, fake_gc, meeting_id, name, previous, sub=None, **kw):
                                 name, **kw)
 
 
+def join_flaky(loop, fake_gc, meeting_id, name):
+    """A participant whose client asks for a 1 s QUIC idle timeout, so that
+    the MC notices within a second when it vanishes."""
+    placed = fake_gc.join(meeting_id, f"user-{name}")
+    return SyncParticipant.join(loop, placed.webtransport_endpoint, meeting_id, placed.token,
+                                name, idle_timeout=1.0)
+
+
 def test_a_vanished_participant_holds_its_place_then_times_out(mc_procs, fake_gc, loop):
     mc = mc_procs(env={"MC_DISCONNECT_GRACE_PERIOD_SECONDS": "3"})
     assignable(fake_gc, mc)
     ann = join(loop, fake_gc, "mv-1", "Ann")
-    placed = fake_gc.join("mv-1", "user-Bob")
-    bob = SyncParticipant.join(loop, placed.webtransport_endpoint, "mv-1", placed.token, "Bob",
-                               idle_timeout=1.0)
+    bob = join_flaky(loop, fake_gc, "mv-1", "Bob")
     ann.expect("participant_joined")
     vanished = time.monotonic()
     bob.vanish()
@@ -61,9 +67,7 @@ def test_reconnect_within_the_grace_and_every_bad_one(mc_procs, fake_gc, loop):
     mc = mc_procs(env={"MC_DISCONNECT_GRACE_PERIOD_SECONDS": "4"})
     assignable(fake_gc, mc)
     ann = join(loop, fake_gc, "mv-2", "Ann")
-    placed = fake_gc.join("mv-2", "user-Bob")
-    bob = SyncParticipant.join(loop, placed.webtransport_endpoint, "mv-2", placed.token, "Bob",
-                               idle_timeout=1.0)
+    bob = join_flaky(loop, fake_gc, "mv-2", "Bob")
     ann.expect("participant_joined")
     bob.vanish()
 
@@ -91,9 +95,7 @@ def test_reconnect_after_the_grace_is_refused(mc_procs, fake_gc, loop):
     mc = mc_procs(env={"MC_DISCONNECT_GRACE_PERIOD_SECONDS": "1"})
     assignable(fake_gc, mc)
     ann = join(loop, fake_gc, "mv-3", "Ann")
-    placed = fake_gc.join("mv-3", "user-Bob")
-    bob = SyncParticipant.join(loop, placed.webtransport_endpoint, "mv-3", placed.token, "Bob",
-                               idle_timeout=1.0)
+    bob = join_flaky(loop, fake_gc, "mv-3", "Bob")
     bob.vanish()
     assert ann.expect("participant_left", timeout=10).participant_left.reason == pb.TIMEOUT
     late = rejoin(loop, fake_gc, "mv-3", "Bob", bob)

@@ -4,7 +4,6 @@ each other, muting, leaving, being refused, and counted in heartbeats."""
 
 import base64
 import struct
-import time
 
 import pytest
 
@@ -25,9 +24,9 @@ def loop():
 
 
 def assignable(fake_gc, mc):
-    """Wait until the fake GC would place meetings on ``mc`` (HEALTHY heard)."""
+    """Wait until the fake GC would place meetings on ``mc``."""
     fake_gc.wait_for(lambda: any(h.request.controller_id == mc.mc_id
-                                 and h.request.health == 1
+                                 and h.request.health in fake_gc.placeable
                                  for h in fake_gc.heartbeats("fast")), timeout=20)
 
 
@@ -147,13 +146,11 @@ def test_key_rotation_is_followed_without_a_restart(mc_procs, fake_gc, loop):
     mc = mc_procs()
     assignable(fake_gc, mc)
     assert join(loop, fake_gc, "e2e-m3", "Ann").joined is not None
-    loaded = time.monotonic()  # the MC loaded its JWKS before this
     fake_gc.issuer.rotate()
     # An unknown kid refetches the JWKS at most once every 10 s: until then
     # the new key's tokens are refused, then followed without a restart.
     wait_for(lambda: join(loop, fake_gc, "e2e-m3", "Bob").joined is not None, 15,
              interval=1.0, what="a token of the rotated key accepted")
-    assert time.monotonic() - loaded >= 9
     assert mc.metric('mc_jwks_refresh_total{outcome="ok"}') == 2.0
 
 

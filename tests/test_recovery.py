@@ -7,13 +7,15 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from mc.assignment import AssignmentService
+from mc.config import parse_redis_url
 from mc.meetings import MeetingRegistry
 from mc.ops.health import Health
 from mc.ops.metrics import Metrics
+from mc.ownership import OwnershipService
 from mc.proto import gc_mc_pb2 as pb
 from mc.redis import scripts
 from mc.redis.keys import generation_key, meetings_index_key, state_key
-from mc.redis.store import claim_and_write_call
+from mc.redis.store import RedisFencedStore, claim_and_write_call
 from mc.testing.daemon import wait_for
 from mc.testing.doubles import ScriptedGcClient
 from mc.testing.fakegc import assign_meeting
@@ -49,7 +51,7 @@ async def test_the_index_follows_ownership_atomically(redis, make_store):
     assert index(redis, "mc-a") == [] and index(redis, "mc-b") == ["m1"]
     assert await store.claim_and_write("m1", "mc-b", RECORD, {}) == 3
     assert index(redis, "mc-b") == ["m1"]
-    assert await store.delete("m1", 3) == 3
+    assert await store.delete("m1", 3, "mc-b") == 3
     assert index(redis, "mc-b") == []
 
 
@@ -78,8 +80,11 @@ async def test_recovery_hands_over_only_owned_meetings_before_reporting_connecte
 def test_recovered_meetings_respect_capacity():
     config = make_config(max_meetings=2)
     registry = MeetingRegistry(2, 10000, 10, reactor)
-    service = AssignmentService(config, None, registry, Health(lambda: True, 0.5),
-                                ScriptedGcClient(), reactor, Metrics(), lambda: 30.0)
+    store = RedisFencedStore(parse_redis_url("REDIS_URL", "redis://127.0.0.1:1/0"), reactor)
+    ownership = OwnershipService(config, store, registry, ScriptedGcClient(), reactor, Metrics(),
+                                 lambda: 30.0)
+    service = AssignmentService(config, store, registry, Health(lambda: True, 0.5), ownership,
+                                reactor, Metrics())
     service.recovered([(f"m{i}", i, RECORD) for i in (3, 1, 2)])
     assert service.hosted() == {"m1", "m2"}
     m = registry.get("m2")

@@ -13,8 +13,9 @@ from mc.config import parse_redis_url
 from mc.errors import CorruptGeneration, FencedOut, StoreError, StoreUnavailable
 from mc.interfaces import IFencedStore
 from mc.redis import scripts
-from mc.redis.keys import generation_key, mh_key, state_key
-from mc.redis.store import MAX_BATCH, RedisFencedStore
+from mc.redis.batch import MAX_BATCH
+from mc.redis.keys import generation_key, meetings_index_key, mh_key, state_key
+from mc.redis.store import RedisFencedStore
 from mc.testing.redisproc import RedisProcess
 from tests.helpers import wait_until
 
@@ -62,7 +63,7 @@ async def test_first_write_on_unknown_meeting_sets_the_generation(redis, make_st
     store = await make_store()
     assert await store.read_generation(M) is None
     assert await store.read_assignment(M) is None
-    assert await store.write_assignment(M, 3, ASSIGNMENT) == 3
+    assert await store.write_assignment(M, 3, "mc-1", ASSIGNMENT) == 3
     assert redis.command("GET", generation_key(M)) == "3"
     assert await store.claim(M) == 4, "later claims continue above the writer's generation"
 
@@ -71,12 +72,13 @@ async def test_first_write_on_unknown_meeting_sets_the_generation(redis, make_st
 async def test_retry_with_the_same_generation(redis, make_store):
     store = await make_store()
     assert await store.claim(M) == 1
-    assert await store.write_assignment(M, 1, ASSIGNMENT) == 1
-    assert await store.write_assignment(M, 1, OTHER) == 1
-    assert await store.write_state(M, 1, {"participants": 2}) == 1
-    assert await store.write_state(M, 1, {"participants": 3}) == 1
+    assert await store.write_assignment(M, 1, "mc-1", ASSIGNMENT) == 1
+    assert await store.write_assignment(M, 1, "mc-1", OTHER) == 1
+    assert await store.write_state(M, 1, "mc-1", {"participants": 2}) == 1
+    assert await store.write_state(M, 1, "mc-1", {"participants": 3}) == 1
     assert await store.read_assignment(M) == OTHER
-    assert redis.hgetall(state_key(M)) == {"participants": "3", "generation": "1"}
+    assert redis.hgetall(state_key(M)) == {"participants": "3", "generation": "1",
+                                           "mc_id": "mc-1"}, "the first write names the owner"
     assert await store.read_generation(M) == 1
 
 
@@ -88,16 +90,75 @@ async def test_newer_generation_wins_and_stale_changes_nothing(redis, make_store
     before = snapshot(redis)
 
     for op in (
-        store.write_assignment(M, 1, ASSIGNMENT),
-        store.write_state(M, 1, {"n": 9}),
-        store.delete(M, 1),
+        store.write_assignment(M, 1, "mc-old", ASSIGNMENT),
+        store.write_state(M, 1, "mc-old", {"n": 9}),
+        store.delete(M, 1, "mc-old"),
+        store.reassert(M, 1, "mc-old", ASSIGNMENT, {"n": 9}),
     ):
         err = await failure_of(op, FencedOut)
         assert (err.meeting_id, err.generation, err.stored_generation) == (M, 1, 2)
     assert snapshot(redis) == before
 
-    assert await store.write_state(M, 2, {"n": 3}) == 2
+    assert await store.write_state(M, 2, "mc-new", {"n": 3}) == 2
     assert redis.hgetall(state_key(M)) == {"mc_id": "mc-new", "n": "3", "generation": "2"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_is_fenced_by_owner_as_well_as_generation(redis, make_store):
+    store = await make_store()
+    assert await store.claim_and_write(M, "mc-b", ASSIGNMENT, {}) == 1
+    before = snapshot(redis)
+    # A higher generation of another MC (one it held before Redis lost its
+    # data) does not overwrite the owner the state hash names.
+    for op in (
+        store.write_assignment(M, 5, "mc-a", OTHER),
+        store.write_state(M, 5, "mc-a", {"n": 9}),
+        store.delete(M, 5, "mc-a"),
+        store.reassert(M, 5, "mc-a", OTHER, {}),
+    ):
+        err = await failure_of(op, FencedOut)
+        assert (err.generation, err.stored_generation) == (5, 1)
+    assert snapshot(redis) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_reassert_writes_back_keys_and_index_in_one_step(redis, make_store):
+    store = await make_store()
+    assert await store.claim_and_write(M, "mc-a", ASSIGNMENT, {"n": 1}) == 1
+    assert await store.reassert(M, 1, "mc-a", OTHER, {"n": 2}) == 1
+    assert await store.read_assignment(M) == OTHER
+    assert redis.hgetall(state_key(M)) == {"mc_id": "mc-a", "n": "2", "generation": "1"}
+    redis.command("FLUSHALL")  # Redis lost its data
+    assert await store.reassert(M, 4, "mc-a", OTHER, {"n": 3}) == 4
+    assert snapshot(redis) == {
+        generation_key(M): "4", mh_key(M): redis.command("GET", mh_key(M)),
+        state_key(M): {"mc_id": "mc-a", "n": "3", "generation": "4"},
+        meetings_index_key("mc-a"): [M]}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_claim_from_another_mc_is_news_for_the_loser(redis, make_store):
+    store = await make_store()
+    heard = []
+    store.listen("mc-a", lambda: heard.append(1))
+    await wait_until(lambda: heard, timeout=5, what="the subscription")
+    assert await store.news("mc-a") == (False, [])
+    await store.mark("mc-a")
+    for m in ("m1", "m2"):
+        await store.claim_and_write(m, "mc-a", ASSIGNMENT, {})
+    await store.claim_and_write("m1", "mc-a", ASSIGNMENT, {})  # ours again: no news
+    assert await store.news("mc-a") == (True, [])
+    await store.claim_and_write("m1", "mc-b", ASSIGNMENT, {})
+    await store.claim_and_write("m2", "mc-b", ASSIGNMENT, {})
+    await wait_until(lambda: len(heard) == 3, timeout=5, what="two messages")
+    marked, lost = await store.news("mc-a")
+    assert marked and sorted(lost) == [("m1", 3), ("m2", 2)]
+    # After the read: mc-a takes m2 back (news for mc-b), mc-c takes it from mc-a.
+    await store.claim_and_write("m2", "mc-a", ASSIGNMENT, {})
+    await store.claim_and_write("m2", "mc-c", ASSIGNMENT, {})
+    assert await store.forget_news("mc-a", lost) == 1
+    assert await store.news("mc-a") == (True, [("m2", 4)]), "the newer news stays"
+    assert await store.news("mc-b") == (False, [("m2", 3)])
 
 
 @pytest_twisted.ensureDeferred
@@ -105,10 +166,10 @@ async def test_fenced_delete_keeps_the_generation(redis, make_store):
     store = await make_store()
     await store.claim_and_write(M, "mc-1", ASSIGNMENT, {})
     generation = await store.claim(M)
-    await failure_of(store.delete(M, generation - 1), FencedOut)
+    await failure_of(store.delete(M, generation - 1, "mc-1"), FencedOut)
     assert redis.command("EXISTS", mh_key(M), state_key(M)) == 2
 
-    assert await store.delete(M, generation) == generation
+    assert await store.delete(M, generation, "mc-1") == generation
     assert snapshot(redis) == {generation_key(M): str(generation)}, "unindexed too"
     assert await store.read_assignment(M) is None
     assert await store.claim(M) == generation + 1, "generations never go backwards"
@@ -140,15 +201,15 @@ async def test_claim_and_write_writes_exactly_the_contract_layout(redis, make_st
 async def test_bad_arguments_are_refused_before_redis(make_store):
     store = await make_store()
     with pytest.raises(ValueError):
-        store.write_assignment(M, 1, dict(ASSIGNMENT, extra=1))
+        store.write_assignment(M, 1, "mc-1", dict(ASSIGNMENT, extra=1))
     with pytest.raises(ValueError):
-        store.write_state(M, 0, {})
+        store.write_state(M, 0, "mc-1", {})
     with pytest.raises(ValueError):
-        store.write_state(M, 1, {"generation": 5})
+        store.write_state(M, 1, "mc-1", {"generation": 5})
     with pytest.raises(ValueError):
         store.claim_and_write(M, "mc-1", ASSIGNMENT, {"mc_id": "other"})
     with pytest.raises(TypeError):
-        store.write_state(M, 1, {"flag": True})
+        store.write_state(M, 1, "mc-1", {"flag": True})
 
 
 @pytest_twisted.ensureDeferred
@@ -176,9 +237,9 @@ async def test_non_integer_generation_is_corrupt_and_left_alone(redis, make_stor
     for op in (
         store.claim(M),
         store.claim_and_write(M, "mc-1", ASSIGNMENT, {}),
-        store.write_assignment(M, 1, ASSIGNMENT),
-        store.write_state(M, 1, {"n": 1}),
-        store.delete(M, 1),
+        store.write_assignment(M, 1, "mc-1", ASSIGNMENT),
+        store.write_state(M, 1, "mc-1", {"n": 1}),
+        store.delete(M, 1, "mc-1"),
         store.read_generation(M),
     ):
         err = await failure_of(op, CorruptGeneration)
@@ -191,7 +252,7 @@ async def test_generation_key_of_the_wrong_type_is_corrupt(redis, make_store):
     store = await make_store()
     redis.command("HSET", generation_key(M), "a", "b")
     await failure_of(store.claim(M), CorruptGeneration)
-    await failure_of(store.write_state(M, 1, {}), CorruptGeneration)
+    await failure_of(store.write_state(M, 1, "mc-1", {}), CorruptGeneration)
     await failure_of(store.read_generation(M), StoreError)
 
 
@@ -219,7 +280,7 @@ async def test_redis_restart_fails_fast_then_reconnects(redis, make_store):
     await wait_until(lambda: store.connected, timeout=20)
     # no persistence: the restarted server is empty, and has no scripts either
     assert await store.claim(M) == 1
-    assert await store.write_state(M, 1, {"n": 1}) == 1
+    assert await store.write_state(M, 1, "mc-1", {"n": 1}) == 1
 
 
 @pytest_twisted.ensureDeferred
@@ -248,6 +309,31 @@ async def test_a_hung_redis_is_bounded_by_the_reply_timeout(redis, make_store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_frozen_redis_is_down_at_once_and_back_with_its_first_answer(redis, make_store):
+    store = await make_store(probe_every=lambda: 0.2)
+    changes = []
+    store.on_change(changes.append)
+    redis.pause()
+    try:
+        frozen = time.monotonic()
+        in_flight = store.claim_and_write(M, "mc-1", ASSIGNMENT, {})
+        await wait_until(lambda: not store.connected, timeout=2, what="down")
+        assert time.monotonic() - frozen <= 0.2 + 0.2 + 0.1, "one probe period and timeout"
+        await failure_of(in_flight, StoreUnavailable)
+        assert time.monotonic() - frozen < 1, "failed at once, not after the 5 s reply timeout"
+        started = time.monotonic()
+        await failure_of(store.claim(M), StoreUnavailable)
+        assert time.monotonic() - started < 0.05
+    finally:
+        redis.resume()
+    thawed = time.monotonic()
+    await wait_until(lambda: store.connected, timeout=2, what="up again")
+    assert time.monotonic() - thawed <= 0.5
+    assert changes == [False, True]
+    assert await store.ping() == "PONG"
+
+
+@pytest_twisted.ensureDeferred
 async def test_concurrent_claims_from_two_stores_hand_out_each_generation_once(
     redis, make_store
 ):
@@ -267,7 +353,7 @@ async def test_password_protected_redis_and_no_password_anywhere(make_store):
     try:
         store = await make_store(server.url)
         assert await store.claim(M) == 1
-        assert await store.write_assignment(M, 1, ASSIGNMENT) == 1
+        assert await store.write_assignment(M, 1, "mc-1", ASSIGNMENT) == 1
         assert password not in repr(store)
         assert "<redacted>" in repr(store)
 
@@ -391,11 +477,11 @@ async def test_state_writes_of_one_turn_go_as_one_call_and_a_fenced_one_fails_al
     for m in ("w1", "w2", "w3"):
         await store.claim_and_write(m, "mc-1", ASSIGNMENT, {})
     await store.claim("w2")
-    await store.write_state("w1", 1, {"warm": 1})  # the script is loaded once
+    await store.write_state("w1", 1, "mc-1", {"warm": 1})  # the script is loaded once
     before = evalsha_calls(redis)
-    w1 = store.write_state("w1", 1, {"touched_at": 5})
-    w2 = store.write_state("w2", 1, {"touched_at": 5})
-    w3 = store.write_state("w3", 1, {"touched_at": 5})
+    w1 = store.write_state("w1", 1, "mc-1", {"touched_at": 5})
+    w2 = store.write_state("w2", 1, "mc-1", {"touched_at": 5})
+    w3 = store.write_state("w3", 1, "mc-1", {"touched_at": 5})
     assert await w1 == 1 and await w3 == 1
     fenced = await failure_of(w2, FencedOut)
     assert (fenced.generation, fenced.stored_generation) == (1, 2)

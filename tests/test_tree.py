@@ -14,8 +14,8 @@ from mc.testing.fakegc import FakeGc, assign_meeting
 from tests.configs import PARTICIPANT_ENV, TEST_GC_TOKEN, TEST_SERVICE_TOKEN
 from tests.helpers import wait_until
 
-ORDER = ["http", "redis-store", "health-monitor", "meetings", "jwks", "joins", "webtransport",
-         "grpc", "gc-liaison", "lifecycle"]
+ORDER = ["http", "redis-store", "health-monitor", "ownership", "meetings", "jwks", "joins",
+         "webtransport", "grpc", "gc-liaison", "reload", "lifecycle"]
 
 
 @pytest.fixture

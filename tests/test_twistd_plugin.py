@@ -12,6 +12,7 @@ import pytest
 
 from mc import config as mcconfig
 from mc.testing.redisproc import free_port
+from tests.configs import PARTICIPANT_ENV
 from tests.conftest import E2E_GC_TOKEN, E2E_SERVICE_TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,7 +102,9 @@ def test_the_tac_file_builds_the_same_tree_from_the_environment(tmp_path, redis,
            "MC_ID": "mc-tac-1", "GC_GRPC_URL": fake_gc.url, "REDIS_URL": redis.url,
            "MC_GRPC_BIND_ADDRESS": f"127.0.0.1:{grpc_port}",
            "MC_GRPC_ADVERTISE_URL": f"http://127.0.0.1:{grpc_port}",
-           "MC_HEALTH_BIND_ADDRESS": f"127.0.0.1:{http_port}", "MC_SHUTDOWN_GRACE_SECONDS": "0"}
+           "MC_HEALTH_BIND_ADDRESS": f"127.0.0.1:{http_port}", "MC_SHUTDOWN_GRACE_SECONDS": "0",
+           "MC_WEBTRANSPORT_BIND_ADDRESS": "127.0.0.1:0",
+           "MC_WEBTRANSPORT_ADVERTISE_URL": "https://127.0.0.1:4433/", **PARTICIPANT_ENV}
     proc = subprocess.Popen(
         [sys.executable, "-c", TWISTD, "-ny", str(ROOT / "tac" / "mc.tac"), "--pidfile",
          str(tmp_path / "tac.pid"), "--logfile", str(tmp_path / "tac.log")],

@@ -102,7 +102,7 @@ async def test_readyz_503_with_reason(rig, breakage, reason):
 async def test_metrics_exposition(rig):
     reservation = rig.registry.reserve(MEETING_ID)
     rig.registry.commit(reservation, 3, [])
-    rig.registry.get(MEETING_ID).join("participant-1")
+    rig.registry.get(MEETING_ID).admit("user-1", "Ann", None, 0.0, lambda: "participant-1")
     rig.metrics.assignments.labels("ACCEPTED", "").inc()
     rig.metrics.assignment_duration.observe(0.003)
     rig.metrics.heartbeats.labels("fast", "ok").inc()

@@ -57,6 +57,11 @@ class GrpcGcClient:
     def __repr__(self):
         return f"<GrpcGcClient target={self._target!r}>"
 
+    def use_service_token(self, token):
+        """Calls made from now on carry ``token`` (a Secret; it was rotated);
+        calls in flight keep the one they were sent with."""
+        self._metadata = (("authorization", "Bearer " + token.reveal()),)
+
     def register(self, request):
         return self._call("RegisterMC", self._stub.RegisterMC, request)
 

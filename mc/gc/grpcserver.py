@@ -7,11 +7,20 @@ the reactor with ``reactor.callFromThread`` and waits on a
 reactor thread. The wait is bounded by the call's deadline (or ``max_wait``),
 so a stuck dependency cannot pin worker threads; the worker never touches a
 Twisted object itself.
+
+With TLS, grpc asks ``_thd_next_certificates`` before each new connection's
+handshake, so a certificate rotated by SIGHUP serves new connections while
+those open keep theirs.
 """
 
 import concurrent.futures
+import threading
+from dataclasses import dataclass
 
 import grpc
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from google.protobuf.message import DecodeError
 from twisted.application.service import Service
 from twisted.internet import defer, threads
@@ -19,6 +28,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from mc.assignment import AT_CAPACITY, DRAINING, UNHEALTHY, InvalidAssignment, validate_assignment
+from mc.errors import ConfigError
 from mc.proto import gc_mc_pb2 as pb
 
 REASONS = {
@@ -35,6 +45,66 @@ SERVICE = pb.DESCRIPTOR.services_by_name["MeetingControllerService"].full_name
 QUEUE_PER_WORKER = 16
 #: Seconds between two warnings about rejected tokens.
 AUTH_WARNING_SPACING = 10.0
+
+CERT_SETTING = "MC_GRPC_TLS_CERT_PATH"
+KEY_SETTING = "MC_GRPC_TLS_KEY_PATH"
+CLIENT_CA_SETTING = "MC_GRPC_TLS_CLIENT_CA_PATH"
+
+
+def _read_pem(setting, path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(setting, f"cannot read {path}: {e.strerror}") from None
+
+
+def _pem_certificates(setting, path, pem):
+    try:
+        return x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        raise ConfigError(setting, f"{path} holds no PEM certificate") from None
+
+
+def _spki(public_key):
+    return public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """The gRPC server's PEM files and, for mutual TLS, the CA bundle the
+    GC's client certificate must chain to; read at start and on SIGHUP."""
+
+    cert_path: str
+    key_path: str
+    client_ca_path: str = None
+
+    @property
+    def mutual(self):
+        return self.client_ca_path is not None
+
+    def load(self):
+        """grpc's certificate configuration from the files, or ConfigError
+        naming the setting at fault (never the key's content). Checked here
+        because grpc would take a bad pair and fail every handshake.
+        Blocking: call it at start-up or on a thread."""
+        chain = _read_pem(CERT_SETTING, self.cert_path)
+        key = _read_pem(KEY_SETTING, self.key_path)
+        leaf = _pem_certificates(CERT_SETTING, self.cert_path, chain)[0]
+        try:
+            private_key = serialization.load_pem_private_key(key, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise ConfigError(
+                KEY_SETTING, f"{self.key_path} holds no unencrypted PEM private key") from None
+        if _spki(private_key.public_key()) != _spki(leaf.public_key()):
+            raise ConfigError(KEY_SETTING, f"{self.key_path} is not the key of {self.cert_path}")
+        client_ca = None
+        if self.mutual:
+            client_ca = _read_pem(CLIENT_CA_SETTING, self.client_ca_path)
+            _pem_certificates(CLIENT_CA_SETTING, self.client_ca_path, client_ca)
+        return grpc.ssl_server_certificate_configuration([(key, chain)],
+                                                         root_certificates=client_ca)
 
 
 def _role_name(role):
@@ -75,14 +145,18 @@ class GrpcServerService(Service):
 
     Requests above ``max_message_bytes`` are INVALID_ARGUMENT (a field-named
     answer, like every other contract violation); grpcio itself refuses
-    anything above twice that before it is even parsed."""
+    anything above twice that before it is even parsed. ``tls``: a
+    ServerTls, or None for plaintext."""
 
     name = "grpc"
     log = Logger()
 
     def __init__(self, listen_address, assignment, token_check, reactor, max_workers=8,
-                 grace=5.0, max_message_bytes=64 * 1024, max_wait=10.0):
+                 grace=5.0, max_message_bytes=64 * 1024, max_wait=10.0, tls=None):
         self._address = str(listen_address)
+        self._tls = tls
+        self._certificates_lock = threading.Lock()
+        self._next_certificates = None  # read by grpc's threads, under the lock
         self._assignment = assignment
         self._token_check = token_check
         self._reactor = reactor
@@ -99,6 +173,12 @@ class GrpcServerService(Service):
         return f"<GrpcServerService {self._address} port={self.port}>"
 
     def startService(self):
+        credentials = None
+        if self._tls is not None:
+            # Read before anything starts: a bad file stops start-up, named.
+            credentials = grpc.dynamic_ssl_server_credentials(
+                self._tls.load(), self._thd_next_certificates,
+                require_client_authentication=self._tls.mutual)
         executor = concurrent.futures.ThreadPoolExecutor(self._max_workers,
                                                          thread_name_prefix="mc-grpc")
         transport_limit = 2 * self._max_message_bytes
@@ -124,7 +204,8 @@ class GrpcServerService(Service):
                 response_serializer=pb.AssignMeetingWithMhResponse.SerializeToString),
         }),))
         try:
-            port = server.add_insecure_port(self._address)
+            port = (server.add_insecure_port(self._address) if credentials is None
+                    else server.add_secure_port(self._address, credentials))
         except RuntimeError:
             port = 0
         if not port:
@@ -133,8 +214,22 @@ class GrpcServerService(Service):
         server.start()
         self._server, self._executor, self.port = server, executor, port
         super().startService()
-        self.log.info("gRPC server listening on {address} (port {port})",
-                      address=self._address, port=port)
+        security = "plaintext" if self._tls is None else \
+            "mutual TLS" if self._tls.mutual else "TLS"
+        self.log.info("gRPC server listening on {address} (port {port}, {security})",
+                      address=self._address, port=port, security=security)
+
+    def use_token_check(self, token_check):
+        """Calls that arrive from now on are checked by ``token_check`` (the
+        tokens were rotated); a worker reads it once per call, and calls past
+        their check are not affected."""
+        self._token_check = token_check
+
+    def use_certificates(self, configuration):
+        """Serve new connections with ``configuration`` (``ServerTls.load``);
+        those open keep the certificate they were opened with."""
+        with self._certificates_lock:
+            self._next_certificates = configuration
 
     def stopService(self):
         """Stop accepting calls and give those in flight ``grace`` seconds;
@@ -156,6 +251,13 @@ class GrpcServerService(Service):
         return d.addCallback(done)
 
     # --- grpc worker threads ----------------------------------------------
+
+    def _thd_next_certificates(self):
+        """grpc's question before each new connection's handshake: a new
+        configuration, once, or None for no change."""
+        with self._certificates_lock:
+            configuration, self._next_certificates = self._next_certificates, None
+        return configuration
 
     def thd_assign(self, raw, context):
         if not self._thd_authorized(context):

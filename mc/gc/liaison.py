@@ -47,13 +47,21 @@ class GcLiaison(Service):
         self._fast = self._loop(self._fast_tick)
         self._comprehensive = self._loop(self._comprehensive_tick)
         self._fast_inflight = None
+        self._fast_inflight_draining = False
         self._nudge_pending = False
         self._last_fast_sent = None
         self._inflight = set()
         self._last_error_log = None
         self._log_failures = 0
+        self._interval_observers = []
         health.on_change(lambda status: self.nudge())
         registry.on_capacity_change(lambda full: self.nudge())
+
+    def on_intervals(self, observer):
+        """Call ``observer()`` each time the GC dictates the heartbeat
+        intervals (every accepted registration), so periodic work tied to them
+        is rescheduled at once rather than one old interval later."""
+        self._interval_observers.append(observer)
 
     def _loop(self, fn):
         loop = task.LoopingCall(fn)
@@ -126,6 +134,11 @@ class GcLiaison(Service):
         self.log.info("registered with GC as {mc_id}; heartbeats every {fast}s/{comprehensive}s",
                       mc_id=self._config.mc_id, fast=self.fast_interval,
                       comprehensive=self.comprehensive_interval)
+        for observer in list(self._interval_observers):
+            try:
+                observer()
+            except Exception:
+                self.log.failure("interval observer failed")
         self._start_loops()
 
     def _registration_failed(self, failure):
@@ -179,8 +192,10 @@ class GcLiaison(Service):
 
     def _fast_tick(self):
         self._last_fast_sent = self._clock.seconds()
-        d = self._heartbeat("fast", self._client.fast_heartbeat, self.fast_request())
+        request = self.fast_request()
+        d = self._heartbeat("fast", self._client.fast_heartbeat, request)
         self._fast_inflight = d
+        self._fast_inflight_draining = request.health == pb.DRAINING
         d.addBoth(self._fast_done)
         return d
 
@@ -272,18 +287,29 @@ class GcLiaison(Service):
         self._fast.start(self.fast_interval, now=True)
 
     def send_draining_heartbeat(self):
-        """One fast heartbeat now, for shutdown; fires when it is answered or
-        failed (never fails). A fast heartbeat already in flight (the nudge of
-        the health change that drained us) counts, so the GC hears it once."""
+        """One fast heartbeat saying DRAINING, now; fires when it is answered
+        or failed (never fails). A fast heartbeat in flight that already says
+        DRAINING (the nudge of the health change) counts, so the GC hears it
+        once; one sent before the drain is waited for, then this one follows."""
         if not self.registered:
             return defer.succeed(None)
         if self._nudge_call is not None and self._nudge_call.active():
             self._nudge_call.cancel()
-        if self._fast_inflight is not None:
-            done = defer.Deferred()
-            self._fast_inflight.addBoth(lambda result: (done.callback(None), result)[1])
-            return done
-        return self._heartbeat("fast", self._client.fast_heartbeat, self.fast_request())
+        if self._fast_inflight is None:
+            return self._heartbeat("fast", self._client.fast_heartbeat, self.fast_request())
+        done = defer.Deferred()
+        already = self._fast_inflight_draining
+
+        def after(result):
+            if already:
+                done.callback(None)
+            else:
+                d = self._heartbeat("fast", self._client.fast_heartbeat, self.fast_request())
+                d.addBoth(lambda _: done.callback(None))
+            return result
+
+        self._fast_inflight.addBoth(after)
+        return done
 
     def _bug(self, failure, what):
         self.log.failure("unexpected error in {what}", failure=failure, what=what)

@@ -9,6 +9,8 @@ HEALTHY otherwise. PENDING is the GC's word for "not heard yet" and never ours.
 from twisted.application.service import Service
 from twisted.logger import Logger
 
+from mc.periodic import PeriodicCall
+
 HEALTHY = "HEALTHY"
 DEGRADED = "DEGRADED"
 UNHEALTHY = "UNHEALTHY"
@@ -87,39 +89,31 @@ class HealthMonitor(Service):
         self.interval = interval
         self.sample_every = sample_every
         self._on_lag = on_lag
-        self._call = None
+        self._ticks = PeriodicCall(lambda: self.interval, self._tick, clock,
+                                   "health monitor tick")
         self._expected = None
         self._next_sample = 0.0
 
     def startService(self):
         super().startService()
-        self._schedule()
+        self._expected = self._clock.seconds() + self.interval
+        self._ticks.start()
 
     def stopService(self):
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-        return super().stopService()
-
-    def _schedule(self):
-        self._expected = self._clock.seconds() + self.interval
-        self._call = self._clock.callLater(self.interval, self._tick)
+        super().stopService()
+        return self._ticks.stop()
 
     def _tick(self):
-        try:
-            lag = max(0.0, self._clock.seconds() - self._expected)
-            h = self._health
-            h.reactor_lag = lag
-            now = self._clock.seconds()
-            if now >= self._next_sample:
-                self._next_sample = now + self.sample_every
-                h.cpu_percent = self._probe.cpu_percent()
-                h.memory_percent = self._probe.memory_percent()
-            if self._on_lag is not None:
-                self._on_lag(lag)
-            h.check()
-        except Exception:
-            self.log.failure("health monitor tick failed")
-        finally:
-            if self.running:
-                self._schedule()
+        # Each tick is due one interval after the last one started.
+        now = self._clock.seconds()
+        lag = max(0.0, now - self._expected)
+        self._expected = now + self.interval
+        h = self._health
+        h.reactor_lag = lag
+        if now >= self._next_sample:
+            self._next_sample = now + self.sample_every
+            h.cpu_percent = self._probe.cpu_percent()
+            h.memory_percent = self._probe.memory_percent()
+        if self._on_lag is not None:
+            self._on_lag(lag)
+        h.check()

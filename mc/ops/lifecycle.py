@@ -1,5 +1,7 @@
 """Operators' signals: SIGUSR2 toggles drain; SIGTERM/SIGINT drain and shut
-down gracefully, and a second one cuts the wait short.
+down gracefully, and a second one cuts the wait short; SIGHUP reads the
+secrets and certificates again (``mc.ops.reload``), and still reopens the
+log as it did (``systemctl reload``).
 
 Draining moves people, it does not end meetings: once the GC has heard
 DRAINING (so it places the meeting elsewhere at the next join), every
@@ -22,8 +24,8 @@ class Lifecycle(Service):
     name = "lifecycle"
     log = Logger()
 
-    def __init__(self, config, reactor, health, registry, liaison, grpc, joins, poll=0.1,
-                 signals=signal_module):
+    def __init__(self, config, reactor, health, registry, liaison, grpc, joins, closing=None,
+                 poll=0.1, signals=signal_module, reload=None):
         self._config = config
         self._reactor = reactor
         self._health = health
@@ -31,8 +33,11 @@ class Lifecycle(Service):
         self._liaison = liaison
         self._grpc = grpc
         self._joins = joins
+        # Sessions we closed whose clients may not have read everything yet.
+        self._closing = closing or (lambda: 0)
         self._poll = poll
         self._signals = signals
+        self._reload = reload
         self.shutting_down = False
         self.skip_wait = False
         self._cut_short = None
@@ -43,8 +48,13 @@ class Lifecycle(Service):
         self._reactor.callWhenRunning(self._install)
 
     def stopService(self):
+        """Put the previous handlers back; once a signal started the
+        shutdown, ours stay for SIGTERM and SIGINT, so one more arriving
+        while the tree stops cannot turn a clean exit into a killed one."""
+        keep = (self._signals.SIGTERM, self._signals.SIGINT) if self.shutting_down else ()
         for signum, handler in self._previous.items():
-            self._signals.signal(signum, handler)
+            if signum not in keep:
+                self._signals.signal(signum, handler)
         self._previous.clear()
         return super().stopService()
 
@@ -54,6 +64,8 @@ class Lifecycle(Service):
         s = self._signals
         handlers = {s.SIGTERM: self._on_stop_signal, s.SIGINT: self._on_stop_signal,
                     s.SIGUSR2: self._on_drain_signal}
+        if self._reload is not None:
+            handlers[s.SIGHUP] = self._on_reload_signal
         for signum, handler in handlers.items():
             self._previous[signum] = s.signal(signum, handler)
 
@@ -62,6 +74,12 @@ class Lifecycle(Service):
 
     def _on_drain_signal(self, signum, frame):
         self._reactor.callFromThread(self.toggle_drain)
+
+    def _on_reload_signal(self, signum, frame):
+        self._reactor.callFromThread(self._reload)
+        previous = self._previous.get(signum)
+        if callable(previous):  # the log file's reopen, which only schedules it too
+            previous(signum, frame)
 
     def toggle_drain(self):
         """Drain (or undrain). Draining redirects the participants once the
@@ -116,8 +134,9 @@ class Lifecycle(Service):
                           meeting_ids=left[:100])
 
     def _wait_for_participants(self, grace):
-        """Fires when no participant is connected, ``grace`` seconds pass, or
-        a second stop signal arrives, whichever is first."""
+        """Fires when no participant is connected (and every redirect was
+        read), ``grace`` seconds pass, or a second stop signal arrives,
+        whichever is first."""
         done = defer.Deferred()
         self._cut_short = done
         deadline = self._reactor.seconds() + grace
@@ -125,8 +144,8 @@ class Lifecycle(Service):
         def check():
             if done.called:
                 return
-            if (self.skip_wait or not self._joins.connected()
-                    or self._reactor.seconds() >= deadline):
+            if (self.skip_wait or self._reactor.seconds() >= deadline
+                    or not (self._joins.connected() or self._closing())):
                 done.callback(None)
             else:
                 self._reactor.callLater(min(self._poll, deadline - self._reactor.seconds()),

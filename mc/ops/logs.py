@@ -12,16 +12,19 @@ a failure's traceback). twistd calls the factory with no argument, so
 ``apply_log_settings`` remembers twistd's ``--logfile`` and ``--nodaemon`` for
 it, and both write where twistd would: stdout in the foreground without
 ``--logfile``, else the file (``twistd.log`` by default), reopened on SIGUSR1
-so logrotate works.
+(logrotate) and SIGHUP (``systemctl reload``). A tac file gets the same
+logger from ``tac_observer``.
 
 Secrets are redacted in every repr already; the filter here is the second
 line, for a secret that reaches a message through an exception or a peer.
 """
 
+import base64
 import json
 import signal
 import sys
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 from twisted.logger import (
     FileLogObserver,
@@ -33,8 +36,10 @@ from twisted.logger import (
     textFileLogObserver,
 )
 from twisted.python.logfile import LogFile
-from twisted.python.reflect import fullyQualifiedName
+from twisted.python.reflect import fullyQualifiedName, namedAny
 from zope.interface import provider
+
+from mc.config import Secret
 
 REDACTED = "<redacted>"
 
@@ -131,10 +136,19 @@ def json_observer(out):
     return FileLogObserver(out, event_as_json)
 
 
-def _reopen_on_sigusr1(logfile):
+# logrotate's signal, and ``systemctl reload``'s (deploy/systemd/mc.service).
+REOPEN_SIGNALS = (signal.SIGUSR1, signal.SIGHUP)
+
+
+def _reopen_on_signals(logfile):
+    """Reopen ``logfile`` (None: stdout, nothing to reopen) on REOPEN_SIGNALS.
+    The handler matters on stdout too: either signal's default action would
+    kill the MC at once, skipping its graceful stop."""
     from twisted.internet import reactor
 
-    signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(logfile.reopen))
+    reopen = logfile.reopen if logfile is not None else (lambda: None)
+    for signum in REOPEN_SIGNALS:
+        signal.signal(signum, lambda *_: reactor.callFromThread(reopen))
 
 
 def _log_file():
@@ -144,9 +158,10 @@ def _log_file():
     if path is None and not _destination["nodaemon"]:
         path = "twistd.log"
     if path in (None, "-"):
+        _reopen_on_signals(None)
         return sys.stdout
     out = LogFile.fromFullPath(path, rotateLength=None)
-    _reopen_on_sigusr1(out)
+    _reopen_on_signals(out)
     return out
 
 
@@ -170,8 +185,16 @@ def text_logger():
 
 
 def register_secrets(config):
-    """Remember the config's secret values for the loggers' filter."""
-    values = [config.service_token, *config.gc_tokens, config.redis.password]
+    """Remember the config's secret values for the loggers' filter (the
+    binding secret as the base64 text an operator writes)."""
+    binding = Secret(base64.b64encode(config.binding_secret.reveal()).decode("ascii"))
+    register_secret_values(config.service_token, *config.gc_tokens, config.redis.password,
+                           binding)
+
+
+def register_secret_values(*values):
+    """Remember more Secrets (None is skipped) for the loggers' filter: a
+    token rotated by SIGHUP is redacted like the first (the old stay too)."""
     _secrets.update(s.reveal() for s in values if s is not None)
 
 
@@ -194,3 +217,34 @@ def apply_log_settings(options):
         parent["logger"] = fullyQualifiedName(json_logger)
     elif not parent.get("syslog"):
         parent["logger"] = fullyQualifiedName(text_logger)
+
+
+def _twistd_options(argv):
+    """``argv`` parsed by twistd's own parser, less the one side effect a
+    second parse would repeat: twistd has installed its reactor already."""
+    from twisted.scripts.twistd import ServerOptions
+
+    class Reparsed(ServerOptions):
+        def opt_reactor(self, name):
+            self["reactor"] = name
+
+        opt_r = opt_reactor
+
+    options = Reparsed()
+    options.parseOptions(argv)
+    return options
+
+
+def tac_observer(config, argv=None):
+    """The observer ``twistd mc`` would log through, for a tac file to set as
+    its application's ILogObserver (twistd uses that component unless given
+    ``--logger``, which wins as it does over the plugin). twistd shows a tac
+    none of its options, so its command line (``sys.argv``) is parsed again.
+    None where twistd's own observer is to stay: an operator's ``--logger``,
+    or a text log under ``--syslog``."""
+    options = _twistd_options(sys.argv[1:] if argv is None else argv)
+    operators = options["logger"]
+    apply_log_settings(SimpleNamespace(config=config, parent=options))
+    if operators is not None or options["logger"] is None:
+        return None
+    return namedAny(options["logger"])()

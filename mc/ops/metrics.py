@@ -67,6 +67,9 @@ class Metrics:
             "mc_webtransport_sessions_current", "WebTransport sessions open now", registry=r)
         self.jwks_refreshes = Counter(
             "mc_jwks_refresh_total", "JWKS fetches, by outcome", ["outcome"], registry=r)
+        self.config_reloads = Counter(
+            "mc_config_reloads_total", "SIGHUP reloads of secrets and certificates, by outcome "
+            "(error: a file was refused and its previous value kept)", ["outcome"], registry=r)
         self.jwks_age = Gauge(
             "mc_jwks_age_seconds", "Seconds since the JWKS was last loaded (-1: never)",
             registry=r)

@@ -319,6 +319,11 @@ class QuicEndpoint(DatagramProtocol):
         except Exception:
             self.log.failure("QUIC application failed at the end of a connection")
 
+    def use_configuration(self, configuration):
+        """New connections use ``configuration`` (a rotated certificate);
+        each open connection keeps the one it was made with."""
+        self._configuration = configuration
+
     def close_all(self, error_code=QuicErrorCode.NO_ERROR, reason=""):
         """Close every connection now (CONNECTION_CLOSE is sent at once, no
         closing period is waited for) and forget them all."""

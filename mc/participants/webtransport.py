@@ -288,7 +288,7 @@ class WebTransportConnection:
     def _closed(self, session, clean, reason):
         session.open = False
         self._site.sessions_current -= 1
-        self.log.info("WebTransport session from {peer} closed: {reason}",
+        self.log.debug("WebTransport session from {peer} closed: {reason}",
                       peer=describe(session.peer), reason=reason, clean=clean)
         session.handler.session_closed(clean)
 
@@ -324,7 +324,7 @@ class WebTransportConnection:
     def _refuse_request(self, stream_id, status, reason, event):
         self.h3.send_headers(stream_id, [(b":status", str(status).encode())], end_stream=True)
         self._drain(stream_id, not event.stream_ended)
-        self.log.info("WebTransport request from {peer} refused with {status}: {reason}",
+        self.log.debug("WebTransport request from {peer} refused with {status}: {reason}",
                       peer=describe(self.link.peer), status=status, reason=reason)
 
     def _accept(self, connect_id):
@@ -333,7 +333,7 @@ class WebTransportConnection:
         self.h3.send_headers(connect_id, [(b":status", b"200"), DRAFT_HEADER])
         session = self.sessions[connect_id] = WebTransportSession(self, connect_id, peer, handler)
         self._site.sessions_current += 1
-        self.log.info("WebTransport session from {peer} opened", peer=describe(peer))
+        self.log.debug("WebTransport session from {peer} opened", peer=describe(peer))
         handler.session_opened(session)
 
     def _connect_data(self, session, event):
@@ -437,6 +437,14 @@ class WebTransportService(Service):
     @property
     def sessions_current(self):
         return self.site.sessions_current
+
+    @property
+    def closing_sessions(self):
+        """Sessions we finished whose CLOSE still waits for the client to
+        read the last frames (a shutdown waits for them)."""
+        if self.endpoint is None:
+            return 0
+        return sum(len(link.app._lingering) for link in self.endpoint.connections)
 
     @property
     def pending_connections(self):

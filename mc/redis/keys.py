@@ -21,3 +21,19 @@ def meetings_index_key(mc_id):
     own key, not part of the shared contract. ``lua/_fence.lua`` builds the
     same name from a state hash's ``mc_id``."""
     return f"mc:{mc_id}:meetings"
+
+
+def lost_key(mc_id):
+    """The meetings other MCs took from an MC: a hash of meeting id to the
+    taker's generation, written by the claim script, read and cleared by the
+    loser once per interval. Also the name of the channel on which the claim
+    script tells the loser at once (channels and keys do not share a
+    namespace). ``lua/_fence.lua`` builds the same name."""
+    return f"mc:{mc_id}:lost"
+
+
+def marker_key(mc_id):
+    """Set while Redis holds what this MC wrote: gone means Redis lost its
+    data (a restart without persistence, a flush), and the MC re-asserts
+    what it hosts."""
+    return f"mc:{mc_id}:marker"

@@ -1,13 +1,22 @@
-"""The fencing Lua scripts: read once from package data, each with its SHA1.
+"""The Lua scripts, read once from package data, each with its SHA1, and the
+operations that run them: EVALSHA (loading a script Redis forgot) and WAIT
+(a claim made durable on a replica).
 
 Every script is ``lua/_fence.lua`` (the fencing rule and the reply convention)
 followed by its own file, so the rule is written once; the SHA1 is of that
-whole text, which is what EVALSHA and SCRIPT LOAD see.
+whole text, which is what EVALSHA and SCRIPT LOAD see. An operation is a
+function of one pooled connection returning a Deferred
+(``mc.redis.connection.RedisConnection.call`` runs it).
 """
 
 import hashlib
 from dataclasses import dataclass
 from importlib.resources import files
+
+import txredisapi
+from twisted.logger import Logger
+
+from mc.errors import StoreUnavailable
 
 _PRELUDE = "_fence.lua"
 
@@ -15,6 +24,8 @@ _PRELUDE = "_fence.lua"
 OK = "ok"
 FENCED = "fenced"
 CORRUPT = "corrupt"
+
+log = Logger(namespace="mc.redis.scripts")
 
 
 @dataclass(frozen=True)
@@ -33,9 +44,53 @@ _prelude = files("mc.redis").joinpath("lua", _PRELUDE).read_text("utf-8")
 
 CLAIM = _load("claim", _prelude)
 CLAIM_AND_WRITE = _load("claim_and_write", _prelude)
+REASSERT = _load("reassert", _prelude)
 WRITE_ASSIGNMENT = _load("write_assignment", _prelude)
 WRITE_STATE = _load("write_state", _prelude)
 DELETE = _load("delete", _prelude)
 RECOVER = _load("recover", _prelude)
+NEWS = _load("news", _prelude)
+FORGET_NEWS = _load("forget_news", _prelude)
 
-ALL = (CLAIM, CLAIM_AND_WRITE, WRITE_ASSIGNMENT, WRITE_STATE, DELETE, RECOVER)
+ALL = (CLAIM, CLAIM_AND_WRITE, REASSERT, WRITE_ASSIGNMENT, WRITE_STATE, DELETE, RECOVER, NEWS,
+       FORGET_NEWS)
+
+
+def evalsha(script, keys, args):
+    """The operation that runs ``script``, loading it once if Redis lost it."""
+    def run(conn):
+        d = conn.evalsha(script.sha, keys, args)
+        d.addErrback(reload, conn)
+        return d
+
+    def reload(failure, conn):
+        # Redis forgets scripts on restart and SCRIPT FLUSH: load, retry once.
+        failure.trap(txredisapi.ScriptDoesNotExist)
+        log.info("Redis lost script {script}; loading it again", script=script.name)
+        d = conn.script_load(script.source)
+        return d.addCallback(lambda _: conn.evalsha(script.sha, keys, args))
+
+    return run
+
+
+def durable(operation, replica_ms, what):
+    """``operation`` (a claim, replying ``{'ok', result, replicas}``)
+    followed, when the primary has replicas, by ``WAIT 1`` on the same
+    connection: a claim that no replica holds could vanish in a failover and
+    its generation be handed out again, so it counts as failed."""
+    def run(conn):
+        return operation(conn).addCallback(wait, conn)
+
+    def wait(reply, conn):
+        if reply[0] != OK or int(reply[2]) == 0:
+            return reply
+        d = conn.execute_command("WAIT", 1, replica_ms)
+        return d.addCallback(acknowledged, reply)
+
+    def acknowledged(replicas, reply):
+        if int(replicas) < 1:
+            raise StoreUnavailable(f"the claim of {what} reached no replica within "
+                                   f"{replica_ms} ms")
+        return reply
+
+    return run

@@ -63,7 +63,6 @@ class McProcess:
             "MC_SERVICE_TOKEN": service_token,
             "MC_GC_TOKENS": gc_token,
             "MC_GRPC_BIND_ADDRESS": f"127.0.0.1:{self.grpc_port}",
-            "MC_GRPC_ADVERTISE_URL": f"http://127.0.0.1:{self.grpc_port}",
             "MC_WEBTRANSPORT_BIND_ADDRESS": f"127.0.0.1:{self.wt_port}",
             "MC_WEBTRANSPORT_ADVERTISE_URL": self.wt_url,
             "MC_TLS_CERT_PATH": self.cert.cert_path,
@@ -72,6 +71,7 @@ class McProcess:
             "MC_HEALTH_BIND_ADDRESS": f"127.0.0.1:{self.http_port}",
             **(env or {}),
         }
+        self.env.setdefault("MC_GRPC_ADVERTISE_URL", self.grpc_url)
         self.proc = None
         self._output = None
 
@@ -79,6 +79,12 @@ class McProcess:
     def wt_url(self):
         """The MC's WebTransport URL, as it advertises it."""
         return f"https://127.0.0.1:{self.wt_port}{self.wt_path}"
+
+    @property
+    def grpc_url(self):
+        """The MC's gRPC URL: https:// when it serves TLS."""
+        scheme = "https" if self.env.get("MC_GRPC_TLS_CERT_PATH") else "http"
+        return f"{scheme}://127.0.0.1:{self.grpc_port}"
 
     @property
     def grpc_target(self):
@@ -105,7 +111,7 @@ class McProcess:
             self.env.update(MC_WEBTRANSPORT_BIND_ADDRESS=f"127.0.0.1:{self.wt_port}",
                             MC_WEBTRANSPORT_ADVERTISE_URL=self.wt_url,
                             MC_GRPC_BIND_ADDRESS=f"127.0.0.1:{self.grpc_port}",
-                            MC_GRPC_ADVERTISE_URL=f"http://127.0.0.1:{self.grpc_port}",
+                            MC_GRPC_ADVERTISE_URL=self.grpc_url,
                             MC_HEALTH_BIND_ADDRESS=f"127.0.0.1:{self.http_port}")
             for leftover in (self.logfile, self.pidfile):
                 if os.path.exists(leftover):

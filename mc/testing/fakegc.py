@@ -182,11 +182,14 @@ class FakeGc:
     is served at ``jwks_url`` while the fake runs. ``stale_after``: seconds
     after its last heartbeat an MC counts as silent. ``assign_timeout``: the
     deadline of each AssignMeetingWithMh the join flow makes.
+    ``placeable``: the health values an MC may report and still get meetings;
+    the deployed GC's is HEALTHY alone, and tests on a busy machine (where a
+    host CPU sample over 90 % makes an MC DEGRADED) may add DEGRADED.
     """
 
     def __init__(self, tokens, host="127.0.0.1", port=0, tls=None, max_workers=16,
                  on_request=None, mc_token=None, issuer=None, stale_after=DEFAULT_STALE_AFTER,
-                 assign_timeout=5.0):
+                 assign_timeout=5.0, placeable=(gc_mc_pb2.HEALTHY,)):
         tokens = (tokens,) if isinstance(tokens, str) else tuple(tokens)
         self._tokens = tuple(t.encode() for t in tokens)
         self.host = host
@@ -207,6 +210,7 @@ class FakeGc:
         self.issuer = issuer if issuer is not None else TokenIssuer()
         self.stale_after = stale_after
         self.assign_timeout = assign_timeout
+        self.placeable = frozenset(placeable)
         self._heard: dict[str, _Heard] = {}
         self._placements: dict[str, str] = {}  # meeting id -> mc id
         # Joins are decided one at a time, as by one GC; never held by grpc threads.
@@ -372,10 +376,11 @@ class FakeGc:
             return self._placements.get(meeting_id)
 
     def _thd_usable(self, mc_id, now):
-        """Registered, HEALTHY and heard from recently. Called with the lock held."""
+        """Registered, placeable (HEALTHY) and heard from recently. Called
+        with the lock held."""
         heard = self._heard.get(mc_id)
         return (mc_id in self._registered and heard is not None
-                and heard.health == gc_mc_pb2.HEALTHY
+                and heard.health in self.placeable
                 and now - heard.monotonic < self.stale_after)
 
     def _thd_candidates(self, now, exclude):
@@ -536,11 +541,14 @@ def _role(value):
 
 
 def assign_meeting(mc_target, meeting_id, mh_assignments, token, gc_id="fake-gc", timeout=10,
-                   authorization=None, root_certificates=None):
+                   authorization=None, root_certificates=None, private_key=None,
+                   certificate_chain=None):
     """Call AssignMeetingWithMh on an MC as the GC would; blocking.
 
     ``mc_target``: ``host:port`` or an http(s):// URL (https uses
-    ``root_certificates``, default the system roots). ``mh_assignments``:
+    ``root_certificates``, default the system roots, and presents the client
+    certificate ``certificate_chain`` with ``private_key``, PEM bytes, when
+    given: mutual TLS). ``mh_assignments``:
     ``(mh_id, endpoint, role)`` tuples or dicts of MhAssignment fields; a role
     is an MhRole number or name. ``authorization`` overrides the raw header
     value (to send a malformed one); with ``token=None`` and no override no
@@ -566,7 +574,7 @@ def assign_meeting(mc_target, meeting_id, mh_assignments, token, gc_id="fake-gc"
     secure = mc_target.startswith("https://")
     target = mc_target.split("://", 1)[1].rstrip("/") if "://" in mc_target else mc_target
     if secure:
-        creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        creds = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
         channel = grpc.secure_channel(target, creds)
     else:
         channel = grpc.insecure_channel(target)

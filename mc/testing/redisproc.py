@@ -7,6 +7,7 @@ test, blocking, without a reactor.
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -63,12 +64,15 @@ class RedisProcess:
     """``redis-server`` on 127.0.0.1 without persistence, unless ``persist``:
     then every write is in an fsynced append-only file, so that a restart,
     even after SIGKILL, comes back with the same data. ``password`` turns on
-    ``--requirepass`` (and goes into ``url``)."""
+    ``--requirepass`` (and goes into ``url``). ``tls``: ``(cert_path,
+    key_path, ca_path)`` to serve TLS only, on ``port`` (``url`` is then
+    rediss://; clients are not asked for a certificate)."""
 
     def __init__(self, port=None, dir=None, args=(), password=None,
-                 executable="redis-server", persist=False):
+                 executable="redis-server", persist=False, tls=None):
         self.port = port or free_port()
         self.password = password
+        self.tls = tls
         self.persist = persist
         self._args = tuple(args)
         self._executable = executable
@@ -83,7 +87,8 @@ class RedisProcess:
     @property
     def url(self):
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/0"
 
     @property
     def running(self):
@@ -117,13 +122,20 @@ class RedisProcess:
     def _argv(self):
         aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else \
             ["--appendonly", "no"]
-        argv = [
-            self._executable, "--save", "", *aof,
-            "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-        ]
+        argv = [self._executable, "--save", "", *aof, *self._listen_args(), "--dir", self.dir]
         if self.password:
             argv += ["--requirepass", self.password]
         return argv + list(self._args)
+
+    def _listen_args(self):
+        """Plaintext on ``port``, or with ``tls`` TLS only (its replication
+        and Sentinel's links too)."""
+        if not self.tls:
+            return ["--port", str(self.port), "--bind", "127.0.0.1"]
+        cert, key, ca = self.tls
+        return ["--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
+                "--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", ca,
+                "--tls-auth-clients", "no", "--tls-replication", "yes"]
 
     def stop(self, timeout=STOP_TIMEOUT):
         """SIGTERM, then SIGKILL if it has not exited by the deadline."""
@@ -166,7 +178,7 @@ class RedisProcess:
     def command(self, *args, timeout=5.0):
         """Send one command on a fresh connection and return the decoded reply
         (str, int, None or a list); an error reply raises RedisReplyError."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+        with self._connect(timeout) as s:
             payload = _encode(args)
             if self.password:
                 payload = _encode(("AUTH", self.password)) + payload
@@ -178,6 +190,13 @@ class RedisProcess:
         if isinstance(reply, RedisReplyError):
             raise reply
         return reply
+
+    def _connect(self, timeout):
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        if not self.tls:
+            return s
+        context = ssl.create_default_context(cafile=self.tls[2])
+        return context.wrap_socket(s, server_hostname="127.0.0.1")
 
     def hgetall(self, key):
         flat = self.command("HGETALL", key)
@@ -202,8 +221,8 @@ class SentinelProcess(RedisProcess):
     takes a couple of seconds; its config file is its own (Sentinel rewrites it)."""
 
     def __init__(self, primary, service="mymaster", quorum=2, down_after_ms=500,
-                 failover_timeout_ms=2000, port=None):
-        super().__init__(port=port, executable="redis-server")
+                 failover_timeout_ms=2000, port=None, tls=None):
+        super().__init__(port=port, executable="redis-server", tls=tls)
         self.service = service
         with open(os.path.join(self.dir, "sentinel.conf"), "w") as f:
             f.write(f"sentinel monitor {service} 127.0.0.1 {primary.port} {quorum}\n"
@@ -213,7 +232,7 @@ class SentinelProcess(RedisProcess):
 
     def _argv(self):
         return [self._executable, os.path.join(self.dir, "sentinel.conf"), "--sentinel",
-                "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir]
+                *self._listen_args(), "--dir", self.dir]
 
     def primary_port(self):
         """The port of the primary this sentinel names now."""

@@ -282,5 +282,15 @@ class LoopThread:
         return asyncio.run_coroutine_threadsafe(call(), self.loop).result(timeout + 1.0)
 
     def stop(self):
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5.0)
+        """Cancel what still runs on the loop (readers of connections left
+        open), then stop it."""
+        async def cancel_all():
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(cancel_all(), self.loop).result(5.0)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5.0)

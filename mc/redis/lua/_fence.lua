@@ -1,9 +1,11 @@
--- Prepended by mc/scripts.py to every fencing script: the one definition of
--- how a stored generation is read and of the fencing rule in the contract.
+-- Prepended by mc/redis/scripts.py to every script: the one definition of how
+-- a stored generation is read and of the fencing rule in the contract.
 --
--- Every script answers a table whose first element is the status:
+-- Every fencing script answers a table whose first element is the status:
 --   {'ok', generation}       done; generation is the meeting's one afterwards
---   {'fenced', stored}       the writer's generation is below the stored one
+--   {'fenced', stored}       the stored generation is above the writer's, or
+--                            the state hash names another MC (stored may be
+--                            0: no generation key)
 --   {'corrupt'}              the stored generation is not an integer
 -- and changes nothing unless the status is 'ok'.
 
@@ -23,11 +25,15 @@ local function stored_generation(key)
   return tonumber(v)
 end
 
--- nil when the writer may write, else the reply to return. A missing or lower
--- stored generation is raised to the writer's, so later claims continue above it.
--- `writer` is the decimal string the store validated.
-local function fence(key, writer)
-  local stored = stored_generation(key)
+-- nil when `mc_id` may write at generation `writer` (the decimal string the
+-- store validated), else the reply to return. The writer must hold at least
+-- the stored generation and, when the state hash names an owner, be it: after
+-- Redis lost its data, a claim by another MC starts again at 1, and only the
+-- owner check keeps an MC with a higher, older generation from overwriting it.
+-- A missing or lower stored generation is raised to the writer's, so later
+-- claims continue above it.
+local function fence(generation_key, state_key, writer, mc_id)
+  local stored = stored_generation(generation_key)
   if stored == CORRUPT then
     return {'corrupt'}
   end
@@ -35,8 +41,12 @@ local function fence(key, writer)
   if stored ~= nil and mine < stored then
     return {'fenced', stored}
   end
+  local owner = redis.call('HGET', state_key, 'mc_id')
+  if owner and owner ~= mc_id then
+    return {'fenced', stored or 0}
+  end
   if stored == nil or mine > stored then
-    redis.call('SET', key, writer)
+    redis.call('SET', generation_key, writer)
   end
   return nil
 end
@@ -52,9 +62,13 @@ local function hset_fields(key, first, last, generation)
   redis.call(unpack(args))
 end
 
--- The restart-recovery index of an MC (mc/keys.py: meetings_index_key).
+-- An MC's restart-recovery index and its news of lost meetings (mc/redis/keys.py).
 local function index_key(mc_id)
   return 'mc:' .. mc_id .. ':meetings'
+end
+
+local function lost_key(mc_id)
+  return 'mc:' .. mc_id .. ':lost'
 end
 
 -- Drop the meeting from the index of the MC its state hash names, if any.
@@ -62,6 +76,20 @@ local function unindex(state_key, meeting_id)
   local owner = redis.call('HGET', state_key, 'mc_id')
   if owner then
     redis.call('SREM', index_key(owner), meeting_id)
+  end
+end
+
+-- `claimer` takes the meeting at `generation`: it leaves the previous owner's
+-- index, and a previous owner that is another MC is told, in its hash of lost
+-- meetings (read once per interval) and on its channel (heard at once).
+local function take_over(state_key, meeting_id, claimer, generation)
+  local owner = redis.call('HGET', state_key, 'mc_id')
+  if owner then
+    redis.call('SREM', index_key(owner), meeting_id)
+    if owner ~= claimer then
+      redis.call('HSET', lost_key(owner), meeting_id, generation)
+      redis.call('PUBLISH', lost_key(owner), meeting_id)
+    end
   end
 end
 

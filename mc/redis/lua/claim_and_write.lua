@@ -5,7 +5,7 @@
 -- meeting id, state field/value pairs (mc_id first).
 -- The state hash is replaced, not merged: a new owner's epoch must not inherit
 -- the previous owner's fields. The meeting moves from the previous owner's
--- index to the claimer's.
+-- index to the claimer's, and a previous owner that is another MC is told.
 -- Replies {'ok', {status, generation, ...} per meeting in order, replicas};
 -- a meeting whose stored generation is corrupt gets {'corrupt', 0} and is left
 -- unchanged.
@@ -20,7 +20,7 @@ for k = 1, #KEYS, 4 do
   else
     local generation = redis.call('INCR', KEYS[k])
     redis.call('SET', KEYS[k + 1], ARGV[a + 1])
-    unindex(KEYS[k + 2], meeting_id)
+    take_over(KEYS[k + 2], meeting_id, ARGV[a + 4], generation)
     redis.call('DEL', KEYS[k + 2])
     hset_fields(KEYS[k + 2], a + 3, a + n, generation)
     redis.call('SADD', KEYS[k + 3], meeting_id)

@@ -1,9 +1,20 @@
--- KEYS: an MC's index. ARGV: its mc_id.
--- The meetings the MC still owns, as flat (id, generation, mh JSON) triples:
--- the state hash names it at the stored generation and the mh JSON exists.
--- Every other id leaves the index; its keys are left alone.
+-- One step of an MC's start-up recovery, a few hundred meetings long so that
+-- Redis keeps answering every MC meanwhile.
+-- KEYS: the MC's index, its lost meetings, its marker.
+-- ARGV: its mc_id, the SSCAN cursor ('0' to begin), the step's COUNT.
+-- Replies {'ok', the next cursor ('0': done), {id, generation, mh JSON, ...}}:
+-- the meetings the MC still owns (the state hash names it at the stored
+-- generation and the mh JSON exists; an id may come twice). Every other id
+-- leaves the index; its keys are left alone. On the first step, the news of
+-- lost meetings is dropped (it is of the MC's previous life: recovery reads
+-- the truth) and the marker is set (Redis holds what this MC wrote).
+if ARGV[2] == '0' then
+  redis.call('DEL', KEYS[2])
+  redis.call('SET', KEYS[3], '1')
+end
+local scan = redis.call('SSCAN', KEYS[1], ARGV[2], 'COUNT', ARGV[3])
 local owned = {}
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+for _, id in ipairs(scan[2]) do
   local prefix = 'meeting:' .. id
   local generation = redis.pcall('GET', prefix .. ':generation')
   local state = redis.pcall('HMGET', prefix .. ':state', 'mc_id', 'generation')
@@ -18,4 +29,4 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     redis.call('SREM', KEYS[1], id)
   end
 end
-return {'ok', owned}
+return {'ok', scan[1], owned}

@@ -1,0 +1,166 @@
+"""SIGHUP: every secret and certificate file read again, without a restart.
+
+The files are read and parsed on a thread (they are small, but the reactor
+never waits on a disk), then what parsed is put in use on the reactor: new
+calls, connections and sessions use it, those in flight keep what they
+started with. A file that no longer parses keeps its previous value, and an
+error names its setting, never its content.
+
+A rotated binding secret goes on verifying the previous one's tokens for one
+disconnect grace period, so a participant whose connection dropped just
+before the rotation can still take its place back; then it is dropped.
+"""
+
+from dataclasses import dataclass
+
+from twisted.application.service import Service
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+
+from mc.binding import BindingKeys
+from mc.errors import ConfigError
+
+OUTCOMES = ("ok", "error")
+
+
+@dataclass(frozen=True)
+class Reloadable:
+    """One setting SIGHUP reads again: ``load()`` (on a thread) reads and
+    parses it, raising ConfigError when it cannot; ``apply(value)`` (on the
+    reactor) puts the new value in use; ``stop()``, if any, cancels what
+    ``apply`` left pending when the MC stops."""
+
+    setting: str
+    load: object
+    apply: object
+    stop: object = None
+
+
+class BindingRotation:
+    """Puts a new binding secret in use in ``joins`` (``JoinService``): it
+    signs at once, the one it replaces verifies ``grace`` seconds more. A
+    second rotation within the grace drops the oldest at once."""
+
+    log = Logger()
+
+    def __init__(self, joins, secret, clock, grace):
+        self._joins = joins
+        self._secret = secret
+        self._clock = clock
+        self._grace = grace
+        self._drop = None
+
+    def __repr__(self):
+        return "<BindingRotation, redacted>"
+
+    def rotate(self, secret):
+        """Rotate to ``secret`` (a Secret), unless it is the one in use."""
+        if secret == self._secret:
+            return
+        self.stop()
+        self._secret = secret
+        raw = secret.reveal()
+        self._joins.binding = self._joins.binding.rotated(raw)
+        self._drop = self._clock.callLater(self._grace, self._drop_previous, BindingKeys(raw))
+        self.log.info("binding secret rotated; the previous one verifies reconnects for "
+                      "{grace:g}s more", grace=self._grace)
+
+    def _drop_previous(self, keys):
+        self._drop = None
+        self._joins.binding = keys
+        self.log.info("previous binding secret dropped")
+
+    def stop(self):
+        if self._drop is not None and self._drop.active():
+            self._drop.cancel()
+        self._drop = None
+
+
+class Reloader(Service):
+    """Reads every ``Reloadable`` again on ``reload()`` (SIGHUP) and counts
+    each reload in ``mc_config_reloads_total{outcome}``. ``in_thread(fn)``
+    runs ``fn`` off the reactor and gives a Deferred of its result."""
+
+    name = "reload"
+    log = Logger()
+
+    def __init__(self, reloadables, reactor, metrics, in_thread=None):
+        self._reloadables = tuple(reloadables)
+        self._outcomes = {o: metrics.config_reloads.labels(o) for o in OUTCOMES}
+        self._in_thread = in_thread or (
+            lambda fn: threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn))
+        self._reading = False
+        self._again = False
+        self._waiters = []
+
+    def stopService(self):
+        for reloadable in self._reloadables:
+            if reloadable.stop is not None:
+                reloadable.stop()
+        return super().stopService()
+
+    def reload(self):
+        """Read every file again and put what parses in use. A SIGHUP that
+        arrives during a reload makes one more after it; the Deferred fires
+        when no reload is left to do."""
+        done = defer.Deferred()
+        self._waiters.append(done)
+        if self._reading:
+            self._again = True
+        else:
+            self._read()
+        return done
+
+    def _read(self):
+        self._reading, self._again = True, False
+        d = self._in_thread(self._thd_load_all)
+        d.addCallback(self._apply)
+        d.addErrback(lambda failure: self.log.failure("reload failed", failure))
+        d.addBoth(self._read_done)
+
+    def _read_done(self, _):
+        self._reading = False
+        if self._again and self.running:
+            self._read()
+            return
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _thd_load_all(self):
+        """``(reloadable, value, error)`` for each; on a worker thread."""
+        loaded = []
+        for reloadable in self._reloadables:
+            try:
+                loaded.append((reloadable, reloadable.load(), None))
+            except Exception as e:
+                loaded.append((reloadable, None, e))
+        return loaded
+
+    def _apply(self, loaded):
+        refused = 0
+        for reloadable, value, error in loaded:
+            if error is not None:
+                self.log.error("SIGHUP: {setting} keeps its previous value: {why}",
+                               setting=reloadable.setting, why=_why(reloadable, error))
+                refused += 1
+                continue
+            try:
+                reloadable.apply(value)
+            except Exception:
+                self.log.failure("SIGHUP: {setting} could not be put in use",
+                                 setting=reloadable.setting)
+                refused += 1
+        self._outcomes["error" if refused else "ok"].inc()
+        self.log.info("SIGHUP: {applied} of {count} secret and certificate settings read "
+                      "again and used by new calls, connections and sessions; {refused} "
+                      "kept as they were", applied=len(loaded) - refused, count=len(loaded),
+                      refused=refused)
+
+
+def _why(reloadable, error):
+    """What was wrong, safe to log: a ConfigError names the file and the
+    problem, never what is in it; anything else is named by its type alone."""
+    if not isinstance(error, ConfigError):
+        return type(error).__name__
+    return error.problem if error.option == reloadable.setting else str(error)
