@@ -53,6 +53,16 @@ def summarise(stacks, top=30):
         sorted(own.items(), key=lambda kv: -kv[1])[:top]
 
 
+def by_package(stacks):
+    """Self samples by the top-level package of the leaf frame's file."""
+    out = {}
+    for fs, c in stacks:
+        file = fs[-1].rsplit(" (", 1)[-1].rstrip(")")
+        package = file.split("/", 1)[0] if "/" in file else file
+        out[package] = out.get(package, 0) + c
+    return sorted(out.items(), key=lambda kv: -kv[1])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,6 +78,9 @@ def main(argv=None):
     print("\nself:")
     for fr, c in own:
         print(f"  {100 * c / total:5.1f} %  {fr}")
+    print("\nself, by package:")
+    for package, c in by_package(load(args.file, args.under)):
+        print(f"  {100 * c / total:5.1f} %  {package}")
     return 0
 
 

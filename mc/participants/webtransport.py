@@ -199,6 +199,11 @@ class WebTransportConnection:
     def quic(self):
         return self.link.quic
 
+    @property
+    def closing(self):
+        """Sessions finished here whose CLOSE capsule still waits."""
+        return len(self._lingering)
+
     def quic_events(self, events):
         for event in events:
             if isinstance(event, ProtocolNegotiated):
@@ -444,7 +449,7 @@ class WebTransportService(Service):
         read the last frames (a shutdown waits for them)."""
         if self.endpoint is None:
             return 0
-        return sum(len(link.app._lingering) for link in self.endpoint.connections)
+        return sum(link.app.closing for link in self.endpoint.connections)
 
     @property
     def pending_connections(self):
