@@ -349,6 +349,22 @@ def test_messages_during_the_token_check_wait_for_the_join():
     assert kinds(t) == ["join_response", "participant_mute_update"]
 
 
+def test_messages_queued_during_the_token_check_are_bounded():
+    rig = Rig()
+    rig.tokens.hold = True
+    s, t = rig.join("Ann")
+    for _ in range(19):
+        rig.clock.advance(0.1)  # within the rate limit
+        send(s, pb.ClientMessage(mute_request=pb.MuteRequest()))
+    assert not t.finished
+    for _ in range(2):
+        rig.clock.advance(0.1)
+        send(s, pb.ClientMessage(mute_request=pb.MuteRequest()))
+    assert error_of(t) == ("INVALID_REQUEST", "rate") and t.finished
+    rig.tokens.release()
+    assert rig.registry.snapshot().participants == 0
+
+
 def test_a_session_gone_during_the_token_check_is_not_counted():
     rig = Rig()
     rig.tokens.hold = True

@@ -239,6 +239,10 @@ class SignalingSession:
                 return
             self._start_join(message.join_request)
         elif self._state == JOINING:
+            # Bounded while a JWKS fetch holds the join (up to its timeout).
+            if len(self._queued) >= MESSAGES_PER_SECOND:
+                self._refuse("INVALID_REQUEST", "rate")
+                return
             self._queued.append(message)
         else:
             self._in_meeting(message, kind)
