@@ -383,7 +383,7 @@ SETTINGS = (
     Setting("participant_estimate", "MC_PARTICIPANT_ESTIMATE", "participant-estimate", 10,
             _int_range(0, MAX_UINT31), "Participants a new meeting is assumed to bring"),
     Setting("shutdown_grace", "MC_SHUTDOWN_GRACE_SECONDS", "shutdown-grace", 30.0,
-            _seconds(0, 3600), "Seconds to wait for hosted meetings to end at shutdown"),
+            _seconds(0, 3600), "Seconds shutdown waits for participants to move elsewhere"),
     Setting("meeting_idle", "MC_MEETING_IDLE_SECONDS", "meeting-idle", 300.0,
             _seconds(1, 86400), "Seconds a meeting may have no participants before it ends"),
     Setting("lag_threshold", "MC_REACTOR_LAG_THRESHOLD", "lag-threshold", 0.5,
