@@ -22,7 +22,10 @@ comprehensive every 30 s). MC CPU is utime + stime from /proc/<pid>/stat over
 each phase; RSS is VmRSS from /proc/<pid>/status; reactor lag is the MC's
 ``mc_reactor_lag_seconds`` read every 250 ms (and its histogram); join latency
 (JoinRequest sent to JoinResponse read) is measured by the generators.
-Everything runs on 127.0.0.1 and stops by itself.
+Everything runs on 127.0.0.1 and stops by itself (SIGTERM or Ctrl-C too:
+every process it started is stopped). Variants of the MC (``--servers
+mc-gc,...``) are prototypes applied through bench/memhook for comparison,
+never the MC's figure.
 
     python bench/participants.py --sizes 500,1000,2000
     python bench/participants.py --sizes 2000 --servers mc --profile /tmp/prof
@@ -1013,6 +1016,8 @@ def main(argv=None):
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (logs)")
     parser.add_argument("--json", help="write every figure to this file")
     args = parser.parse_args(argv)
+    # A SIGTERM unwinds like Ctrl-C, through every ``finally`` that stops a process.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not 0 < args.steady <= 300 or max(args.sizes) > 20000 or args.procs < 1:
         parser.error("--steady in (0, 300], sizes at most 20000, --procs >= 1")
     if args.profile:
