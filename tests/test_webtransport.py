@@ -24,6 +24,7 @@ from mc.errors import ConfigError
 from mc.interfaces import ISessionHandler, ISessionTransport
 from mc.participants.quic import QuicEndpoint
 from mc.participants.webtransport import (
+    UDP_RECEIVE_BUFFER,
     WebTransportConnection,
     WebTransportService,
     WebTransportSite,
@@ -652,3 +653,14 @@ async def test_pending_cap_retry_then_refusal_and_joined_connections_do_not_coun
     assert service.pending_connections == 1 and len(links(service)) == 3
     for client in (first, second, third):
         await wt(client.close, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_udp_receive_buffer_is_enlarged_as_far_as_the_kernel_allows(server):
+    service = server()
+    sock = service._listening.getHandle()
+    granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    with open("/proc/sys/net/core/rmem_max") as f:
+        rmem_max = int(f.read())
+    # Linux reports twice what it reserves for its own bookkeeping.
+    assert granted >= min(2 * rmem_max, 2 * UDP_RECEIVE_BUFFER) - 4096
