@@ -237,7 +237,7 @@ class JoinService(Service):
         count = 0
         for meeting in self._registry:
             count += sum(1 for p in meeting.participants if p.sink is not None)
-            meeting.redirect_all(reason)
+            meeting.redirect_all(reason, self._clock.seconds())
         self.log.info("redirected {count} participants: {reason}", count=count, reason=reason)
         return count
 

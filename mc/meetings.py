@@ -198,15 +198,19 @@ class Meeting:
 
     def leave(self, p, reason, now):
         """Remove ``p`` (a no-op if already gone) and tell everyone else why."""
+        if self._remove(p, now):
+            self._fan_out(Left(p.participant_id, reason))
+
+    def _remove(self, p, now):
         if self._participants.get(p.participant_id) is not p:
-            return
+            return False
         del self._participants[p.participant_id]
         p.sink = None
         if not self._participants:
             self.idle_since = now
         if self._registry is not None:
             self._registry._participants_changed(-1)
-        self._fan_out(Left(p.participant_id, reason))
+        return True
 
     def set_mute(self, p, audio_muted, video_muted):
         """Set ``p``'s self-mute state; everyone, ``p`` included, hears it."""
@@ -215,9 +219,15 @@ class Meeting:
         p.audio_muted, p.video_muted = bool(audio_muted), bool(video_muted)
         self._fan_out(MuteChanged(p))
 
-    def redirect_all(self, reason):
-        """Tell every connected participant to join again elsewhere."""
-        self._fan_out(Redirect(self.meeting_id, reason))
+    def redirect_all(self, reason, now):
+        """Tell every connected participant to join again elsewhere. They
+        leave at once and nobody is told of each departure: all of them go,
+        and a leave fanned out to the rest would cost O(n^2) frames."""
+        event = Redirect(self.meeting_id, reason)
+        for p in [p for p in self._participants.values() if p.sink is not None]:
+            sink = p.sink
+            self._remove(p, now)
+            sink.deliver(event)
 
     def _fan_out(self, event, but=None):
         for other in list(self._participants.values()):

@@ -207,7 +207,7 @@ class LostMeetings:
         if self._registry.get(m.meeting_id) is not m:
             return
         self._registry.remove(m.meeting_id)
-        m.redirect_all(MOVED)
+        m.redirect_all(MOVED, self._clock.seconds())
         self._metrics.fenced_out.inc()
         self.log.warn("fenced out of meeting {meeting_id}: our generation {generation}, stored "
                       "{stored_generation}; no longer hosting it", mc_id=self._config.mc_id,

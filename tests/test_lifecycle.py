@@ -49,10 +49,12 @@ class Liaison:
 
 
 class Person:
-    """A participant's session: it leaves when redirected, or when told to."""
+    """A participant's session: a redirect takes it out of the meeting; its
+    session then closes at once, or (``leave_on_redirect=False``) lingers,
+    its redirect unread, in ``lingering`` until ``done()``."""
 
-    def __init__(self, joins, leave_on_redirect=True):
-        self.joins = joins
+    def __init__(self, lingering, leave_on_redirect=True):
+        self.lingering = lingering
         self.leave_on_redirect = leave_on_redirect
         self.redirects = []
         self.p = None
@@ -60,8 +62,11 @@ class Person:
     def deliver(self, event):
         if isinstance(event, Redirect):
             self.redirects.append(event.reason)
-            if self.leave_on_redirect:
-                self.joins.leave(self.p)
+            if not self.leave_on_redirect:
+                self.lingering.add(self)
+
+    def done(self):
+        self.lingering.discard(self)
 
 
 class Grpc(Service):
@@ -83,13 +88,15 @@ def make(grace=10):
     signals = Signals()
     joins = JoinService(registry, health, TableTokenVerifier(), reactor, Metrics(), 30,
                         BindingKeys(b"k" * 32))
+    lingering = set()
     lc = Lifecycle(cfg, reactor, health, registry, Liaison(health), grpc, joins,
-                   signals=signals)
+                   closing=lambda: len(lingering), signals=signals)
     lc.startService()
     for hook in reactor.whenRunningHooks:
         hook[0](*hook[1], **hook[2])
     return SimpleNamespace(reactor=reactor, health=health, registry=registry, grpc=grpc,
-                           signals=signals, lc=lc, liaison=lc._liaison, joins=joins)
+                           signals=signals, lc=lc, liaison=lc._liaison, joins=joins,
+                           lingering=lingering)
 
 
 def host(registry, meeting_id):
@@ -97,7 +104,7 @@ def host(registry, meeting_id):
 
 
 def person(r, meeting, leave_on_redirect=True):
-    who = Person(r.joins, leave_on_redirect)
+    who = Person(r.lingering, leave_on_redirect)
     who.p = meeting.admit("user", "Ann", who, r.reactor.seconds(), lambda: f"p{id(who)}")
     return who
 
@@ -157,7 +164,7 @@ def test_sigterm_waits_for_participants_that_linger():
     assert ann.redirects == ["draining"]
     r.reactor.advance(3)
     assert not r.reactor.hasStopped
-    r.joins.leave(ann.p)
+    ann.done()
     r.reactor.advance(0.2)
     assert r.reactor.hasStopped
 

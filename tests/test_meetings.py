@@ -128,8 +128,14 @@ def test_fan_out_reaches_everyone_else_with_one_shared_event():
     m.leave(cy, VOLUNTARY, now=1)
     assert isinstance(ann.sink.events[-1], Left) and ann.sink.events[-1].reason == VOLUNTARY
     assert cy.sink is None and not any(isinstance(e, Left) for e in cy_sink.events)
-    m.redirect_all(MOVED)
-    assert isinstance(ann.sink.events[-1], Redirect) and ann.sink.events[-1].reason == MOVED
+    ann_sink, bob_sink = ann.sink, bob.sink
+    before = len(ann_sink.events)
+    m.redirect_all(MOVED, now=2)
+    assert isinstance(ann_sink.events[-1], Redirect) and ann_sink.events[-1].reason == MOVED
+    # Everyone goes at once: nobody hears of the others leaving.
+    assert ann_sink.events[-1] is bob_sink.events[-1]
+    assert len(ann_sink.events) == before + 1
+    assert m.participant_count == 0 and m.idle_since == 2
 
 
 def test_participant_caps_per_meeting_and_per_mc():

@@ -378,7 +378,7 @@ def test_fenced_out_meeting_redirects_with_moved():
     rig = Rig()
     _, t = rig.join("Ann")
     rig.registry.remove("m-1")
-    rig.meeting.redirect_all("moved")
+    rig.meeting.redirect_all("moved", rig.clock.seconds())
     assert received(t)[-1].redirect_to_mc.reason == "moved" and t.finished
     assert rig.registry.snapshot().participants == 0
 
