@@ -100,9 +100,12 @@ def _advertise_host():
 
 
 def default_mc_id():
-    """``mc-<hostname>-<8 hex>``, made to pass the GC's id rule."""
+    """``mc-<short hostname>``, made to pass the GC's id rule: the same on
+    every start on one host, so a restarted MC finds the meetings it owns in
+    Redis (a random part would make it a stranger to them). Two MCs on one
+    host need explicit ids."""
     host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0]) or "host"
-    return f"mc-{host[:200]}-{secrets.token_hex(4)}"
+    return f"mc-{host[:200]}"
 
 
 def parse_id(option, value):
@@ -325,7 +328,8 @@ class Setting:
 
 SETTINGS = (
     Setting("mc_id", "MC_ID", "mc-id", None, parse_id,
-            "This MC's id at the GC [default: mc-<hostname>-<8 random hex>]"),
+            "This MC's id at the GC; two MCs on one host need their own [default: "
+            "mc-<short hostname>, stable across restarts]"),
     Setting("region", "MC_REGION", "region", "us-east-1", parse_region, "Region this MC serves"),
     Setting("gc_url", "GC_GRPC_URL", "gc-url", "http://localhost:50051", parse_gc_url,
             "GC gRPC URL; https:// means TLS"),

@@ -20,6 +20,7 @@ from mc.ops.probe import SystemProbe
 from mc.ops.reload import BindingRotation, Reloadable, Reloader
 from mc.ops.web import HealthHttpService
 from mc.ownership import OwnershipService
+from mc.participants.quic import ENGINE as QUIC_ENGINE
 from mc.participants.signaling import SignalingSession
 from mc.participants.tokens import TokenVerifier
 from mc.participants.webtransport import WebTransportService, server_configuration
@@ -62,6 +63,7 @@ class MeetingController(OrderedMultiService):
 def build_tree(config, reactor):
     root = MeetingController(config, reactor)
     root.metrics = metrics = Metrics()
+    metrics.set_build_info(QUIC_ENGINE)
     # Redis is probed at least once per fast heartbeat interval the GC dictates.
     root.store = store = RedisFencedStore(
         config.redis, reactor, probe_every=lambda: probe_period(liaison.fast_interval))

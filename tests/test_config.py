@@ -1,6 +1,7 @@
 """Configuration: flags over environment over defaults, every rule, redaction."""
 
 import re
+import socket
 
 import pytest
 from twisted.python import usage
@@ -31,7 +32,7 @@ def test_defaults():
     assert (c.log_format, c.log_level) == ("text", "info")
     assert c.service_token.reveal() == "s3cret-service"
     assert [t.reveal() for t in c.gc_tokens] == ["gc-one", "gc-two"]
-    assert re.fullmatch(r"mc-[A-Za-z0-9_-]+-[0-9a-f]{8}", c.mc_id)
+    assert re.fullmatch(r"mc-[A-Za-z0-9_-]+", c.mc_id)
     assert mcconfig.ID_RE.fullmatch(c.mc_id)
     assert c.grpc_advertise.startswith("http://") and c.grpc_advertise.endswith(":50052")
     assert "0.0.0.0" not in c.grpc_advertise and "localhost" not in c.grpc_advertise
@@ -41,8 +42,16 @@ def test_defaults():
 
 def test_default_mc_id_is_valid_even_for_dotted_hostnames(monkeypatch):
     monkeypatch.setattr(mcconfig.socket, "gethostname", lambda: "node-7.eu.example.com")
-    mc_id = mcconfig.default_mc_id()
-    assert mc_id.startswith("mc-node-7-") and mcconfig.ID_RE.fullmatch(mc_id)
+    assert mcconfig.default_mc_id() == "mc-node-7"
+    monkeypatch.setattr(mcconfig.socket, "gethostname", lambda: "node 8+x")
+    assert mcconfig.default_mc_id() == "mc-node-8-x"
+
+
+def test_default_mc_id_is_the_same_on_every_start_on_one_host():
+    """A restarted MC must be the owner of its meetings in Redis, not a stranger."""
+    assert parse().mc_id == parse().mc_id == mcconfig.default_mc_id()
+    assert parse().mc_id == "mc-" + re.sub(r"[^A-Za-z0-9_-]", "-",
+                                           socket.gethostname().split(".")[0])
 
 
 def test_environment_and_flag_precedence():

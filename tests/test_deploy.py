@@ -480,7 +480,8 @@ def test_kubernetes_container_runs_answers_probes_drains_and_stops(tmp_path, red
         r = subprocess.run(prestop, env=mc.env, capture_output=True, text=True,
                            timeout=prestop_wait(container) + 10)
         assert r.returncode == 0, r.stdout + r.stderr
-        assert json.loads(mc.http("/readyz")[1]) == {"ready": False, "reason": "draining"}
+        assert json.loads(mc.http("/readyz")[1]) == {
+            "ready": False, "reason": "draining", "gc": "registered"}
     assert mc.metric("mc_draining") == 1.0
     left = pod_spec["terminationGracePeriodSeconds"] - prestop_wait(container)
     assert stop(mc, left) < left
@@ -706,3 +707,16 @@ def test_drain_finds_the_mc_from_its_environment_and_pidfile(tmp_path, capsys):
     assert drain.main(["--pidfile", str(tmp_path / "missing.pid")], environ={}) == 2
     assert drain.main(["--pid", "1"], environ={"MC_HEALTH_BIND_ADDRESS": "nonsense"}) == 2
     assert "MC_HEALTH_BIND_ADDRESS" in capsys.readouterr().out
+
+
+def test_drain_reads_metrics_with_prometheus_clients_parser():
+    """Timestamps, labels holding spaces and help text are the parser's
+    business: a line split took ``3 1700000000000`` for a number."""
+    text = ("# HELP mc_draining 1 while draining\n# TYPE mc_draining gauge\nmc_draining 1.0\n"
+            '# HELP mc_x x\n# TYPE mc_x gauge\nmc_x{a="b c} 9"} 2.0\n'
+            "# HELP mc_participants_current p\n# TYPE mc_participants_current gauge\n"
+            "mc_participants_current 3 1700000000000\n")
+    assert drain.unlabelled_samples(text) == {"mc_draining": 1.0,
+                                              "mc_participants_current": 3.0}
+    with pytest.raises(ValueError):
+        drain.unlabelled_samples("mc_draining one\n")

@@ -1,6 +1,7 @@
 """Fault injection with real processes (the MC under twistd, redis-server, the
 fake GC) and a hypothesis-driven race of two MCs on one Redis."""
 
+import json
 import shutil
 import threading
 import time
@@ -126,8 +127,8 @@ def test_a_frozen_redis_is_unhealthy_at_once_and_accepting_again_when_it_thaws(
                 wait_for(lambda: mc.http("/readyz")[0] == 503, fast, interval=0.02,
                          what="/readyz 503 within one fast interval")
                 down = time.monotonic()
-                assert mc.http("/readyz")[1] == '{"ready": false, "reason": "redis ' \
-                                                'unreachable"}\n'
+                assert json.loads(mc.http("/readyz")[1]) == {
+                    "ready": False, "reason": "redis unreachable", "gc": "registered"}
                 told = fake_gc.wait_for(lambda: [h for h in fake_gc.heartbeats("fast")
                                                  if h.monotonic >= frozen
                                                  and h.request.health == pb.UNHEALTHY],

@@ -2,6 +2,9 @@
 order and stop in reverse, each stop awaited; checked in-process on the real
 reactor against real Redis and the fake GC."""
 
+import platform
+from importlib import metadata
+
 import pytest
 import pytest_twisted
 from twisted.application.service import IServiceCollection
@@ -9,6 +12,7 @@ from twisted.internet import defer, reactor, threads
 from zope.interface.verify import verifyObject
 
 from mc.interfaces import IFencedStore, IGcClient, ISystemProbe, ITokenCheck, ITokenVerifier
+from mc.participants.quic import ENGINE as QUIC_ENGINE
 from mc.tap import Options, makeService
 from mc.testing.fakegc import FakeGc, assign_meeting
 from tests.configs import PARTICIPANT_ENV, TEST_GC_TOKEN, TEST_SERVICE_TOKEN
@@ -46,6 +50,16 @@ def test_tree_shape_and_seams(redis, gc):
     verifyObject(ISystemProbe, root.monitor._probe)
     verifyObject(ITokenVerifier, root.tokens)
     assert "AllowAll" not in repr(root.grpc._token_check)
+
+
+def test_build_info_names_the_version_python_and_quic_engine(redis, gc):
+    root = makeService(options(redis, gc), reactor)
+    (family,) = [f for f in root.metrics.registry.collect() if f.name == "mc_build_info"]
+    (sample,) = family.samples
+    assert sample.value == 1
+    assert sample.labels == {"version": metadata.version("mc"),
+                             "python": platform.python_version(),
+                             "quic_engine": f"{QUIC_ENGINE}-{metadata.version(QUIC_ENGINE)}"}
 
 
 def test_insecure_no_auth_wires_allow_all(redis, gc):

@@ -37,9 +37,12 @@ class Rig:
         self.registry = MeetingRegistry(10, 100, 5, reactor)
         self.metrics = Metrics()
         self.liaison = SimpleNamespace(registered=True, last_ack=None, consecutive_failures=0)
+        self.tokens = SimpleNamespace(ready=True, age=lambda: 1.0)
+        self.webtransport = SimpleNamespace(running=True, sessions_current=0)
         self.service = HealthHttpService(Address("127.0.0.1", 0), self.health, self.registry,
                                          self.liaison, self.metrics, reactor,
-                                         idle_timeout=idle_timeout)
+                                         idle_timeout=idle_timeout, tokens=self.tokens,
+                                         webtransport=self.webtransport)
         self.service.startService()
 
     async def request(self, path, method=b"GET"):
@@ -81,13 +84,24 @@ async def test_readyz_ready_when_registered_redis_up_not_draining(rig):
     response, body = await rig.request("/readyz")
     assert response.code == 200
     assert response.headers.getRawHeaders(b"content-type") == [b"application/json"]
-    assert json.loads(body) == {"ready": True}
+    assert json.loads(body) == {"ready": True, "gc": "registered"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_readyz_ready_while_unregistered_with_the_detail(rig):
+    """A GC outage must not make the fleet unready (rollouts and node drains
+    would stall behind the PodDisruptionBudget): the detail says it."""
+    rig.liaison.registered = False
+    response, body = await rig.request("/readyz")
+    assert (response.code, json.loads(body)) == (200, {"ready": True, "gc": "unregistered"})
+    assert "mc_gc_registered 0.0" in (await rig.request("/metrics"))[1].decode()
 
 
 @pytest.mark.parametrize("breakage, reason", [
     (lambda r: r.health.set_draining(True), "draining"),
     (lambda r: setattr(r, "redis_up", False), "redis unreachable"),
-    (lambda r: setattr(r.liaison, "registered", False), "not registered with GC"),
+    (lambda r: setattr(r.tokens, "ready", False), "no JWKS"),
+    (lambda r: setattr(r.webtransport, "running", False), "no certificate"),
 ])
 @pytest_twisted.ensureDeferred
 async def test_readyz_503_with_reason(rig, breakage, reason):
@@ -95,7 +109,7 @@ async def test_readyz_503_with_reason(rig, breakage, reason):
     response, body = await rig.request("/readyz")
     assert response.code == 503
     assert body.count(b"\n") == 1 and body.endswith(b"\n")
-    assert json.loads(body) == {"ready": False, "reason": reason}
+    assert json.loads(body) == {"ready": False, "reason": reason, "gc": "registered"}
 
 
 @pytest_twisted.ensureDeferred

@@ -22,6 +22,8 @@ import time
 import urllib.error
 import urllib.request
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from mc.config import SETTINGS_BY_NAME, parse_address
 from mc.errors import ConfigError
 
@@ -39,16 +41,19 @@ def metrics_url(environ):
     return f"http://{host}:{address.port}/metrics"
 
 
+def unlabelled_samples(text):
+    """``{name: value}`` of the exposition's samples without labels, read by
+    prometheus_client's own parser (escapes, timestamps, NaN and comments
+    are its business, not a line split's)."""
+    return {sample.name: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples if not sample.labels}
+
+
 def read_gauges(url):
     """The MC's unlabelled samples, ``{name: value}``."""
     with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as response:
-        text = response.read().decode()
-    gauges = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if line and not line.startswith("#") and "{" not in name:
-            gauges[name] = float(value)
-    return gauges
+        return unlabelled_samples(response.read().decode())
 
 
 def _done(gauges, undrain):

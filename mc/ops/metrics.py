@@ -2,6 +2,9 @@
 so tests and several MCs in one process never share counters). Labels are
 bounded enums only: never a meeting id, token or URL."""
 
+import platform
+from importlib import metadata
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 ASSIGNMENT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -74,6 +77,25 @@ class Metrics:
             "mc_jwks_age_seconds", "Seconds since the JWKS was last loaded (-1: never)",
             registry=r)
 
+        self.build_info = Gauge(
+            "mc_build_info", "Always 1: what this MC runs (package version, Python, QUIC "
+            "engine and its version)", ["version", "python", "quic_engine"], registry=r)
+
+    def set_build_info(self, quic_engine):
+        """``mc_build_info``: ``quic_engine`` is the engine's distribution
+        name, labelled with its installed version (``aioquic-1.7.2``)."""
+        self.build_info.labels(_installed("mc"), platform.python_version(),
+                               f"{quic_engine}-{_installed(quic_engine)}").set(1)
+
     def observe_lag(self, lag):
         self.reactor_lag.set(lag)
         self.reactor_lag_hist.observe(lag)
+
+
+def _installed(distribution):
+    """The installed version of ``distribution``, or ``unknown`` (run from a
+    checkout that was never installed)."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "unknown"

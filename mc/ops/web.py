@@ -2,9 +2,14 @@
 orchestrator's probes and for Prometheus.
 
 Liveness and readiness answer different questions on purpose: liveness
-("restart me?") looks only at this process, readiness ("send me work?") looks
-at Redis, the GC and the drain flag. A liveness probe that failed on a Redis
-outage would get every MC of the fleet restarted at once.
+("restart me?") looks only at this process, readiness ("can I serve what is
+routed to me?") looks at what this MC needs to serve: Redis answering, not
+draining, the JWKS and the WebTransport certificate loaded. A liveness probe
+that failed on a Redis outage would get every MC of the fleet restarted at
+once. Registration with the GC is reported (``"gc"``) but does not fail
+readiness: the GC routes by heartbeats, not by readiness, and a GC outage
+that made every pod unready would block rollouts and node drains behind the
+PodDisruptionBudget while changing nothing for the participants already here.
 """
 
 import json
@@ -24,18 +29,30 @@ LIVENESS_LAG_LIMIT = 10.0
 STATUSES = (HEALTHY, DEGRADED, UNHEALTHY, DRAINING)
 
 
-def not_ready_reason(health, liaison, tokens=None):
-    """Why the MC should get no new meetings now, or None when it should.
-    Without a JWKS no participant can join, so the MC is not ready either."""
+def not_ready_reason(health, tokens=None, webtransport=None):
+    """Why this MC cannot serve what is routed to it now, or None when it
+    can. Without a JWKS no participant can join; without its certificate
+    loaded the WebTransport port is not serving."""
     if health.draining:
         return "draining"
     if not health.redis_up:
         return "redis unreachable"
-    if not liaison.registered:
-        return "not registered with GC"
     if tokens is not None and not tokens.ready:
         return "no JWKS"
+    if webtransport is not None and not webtransport.running:
+        return "no certificate"
     return None
+
+
+def readiness(health, liaison, tokens=None, webtransport=None):
+    """``/readyz``'s JSON body: ``ready``, the ``reason`` when not, and
+    ``gc`` (``registered`` / ``unregistered``), a detail that never fails it."""
+    reason = not_ready_reason(health, tokens, webtransport)
+    body = {"ready": reason is None}
+    if reason is not None:
+        body["reason"] = reason
+    body["gc"] = "registered" if liaison.registered else "unregistered"
+    return body
 
 
 def refresh_gauges(metrics, health, registry, liaison, clock, tokens=None, webtransport=None):
@@ -107,14 +124,13 @@ class Liveness(_Endpoint):
 
 
 class Readiness(_Endpoint):
-    def __init__(self, health, liaison, tokens=None):
+    def __init__(self, health, liaison, tokens=None, webtransport=None):
         super().__init__()
-        self._args = (health, liaison, tokens)
+        self._args = (health, liaison, tokens, webtransport)
 
     def render_GET(self, request):
-        reason = not_ready_reason(*self._args)
-        body = {"ready": True} if reason is None else {"ready": False, "reason": reason}
-        return _text(request, 200 if reason is None else 503,
+        body = readiness(*self._args)
+        return _text(request, 200 if body["ready"] else 503,
                      json.dumps(body).encode() + b"\n", b"application/json")
 
 
@@ -160,7 +176,7 @@ class HealthHttpService(Service):
         self._reactor = reactor
         root = _Root()
         root.putChild(b"healthz", Liveness(health))
-        root.putChild(b"readyz", Readiness(health, liaison, tokens))
+        root.putChild(b"readyz", Readiness(health, liaison, tokens, webtransport))
         root.putChild(b"metrics", MetricsPage(metrics, health, registry, liaison, reactor, tokens,
                                               webtransport))
         self.site = _QuietSite(root, timeout=idle_timeout, reactor=reactor)

@@ -39,6 +39,8 @@ from twisted.logger import Logger
 
 from mc.errors import ConfigError
 
+#: The QUIC engine's distribution (mc_build_info names it and its version).
+ENGINE = "aioquic"
 CERT_SETTING = "MC_TLS_CERT_PATH"
 KEY_SETTING = "MC_TLS_KEY_PATH"
 

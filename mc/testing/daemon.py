@@ -197,8 +197,10 @@ class McProcess:
             return None, str(e)
 
     def ready(self):
+        """``/readyz`` 200 and registered with the GC: what most tests wait
+        for before they assign (readiness alone no longer needs the GC)."""
         status, body = self.http("/readyz")
-        return status == 200 and json.loads(body).get("ready")
+        return status == 200 and json.loads(body).get("gc") == "registered"
 
     def rss(self):
         """The daemon's resident memory in bytes (Linux /proc)."""
