@@ -26,10 +26,8 @@ from mc.proto import gc_mc_pb2 as pb  # noqa: E402
 from mc.proto import gc_mc_pb2_grpc  # noqa: E402
 
 MH = (
-    pb.MhAssignment(mh_id="mh-bench-a", webtransport_endpoint="https://mh-a.bench:4433",
-                    role=pb.MH_ROLE_PRIMARY),
-    pb.MhAssignment(mh_id="mh-bench-b", webtransport_endpoint="https://mh-b.bench:4433",
-                    role=pb.MH_ROLE_BACKUP),
+    pb.MhAssignment(mh_id="mh-bench-a", webtransport_endpoint="https://mh-a.bench:4433"),
+    pb.MhAssignment(mh_id="mh-bench-b", webtransport_endpoint="https://mh-b.bench:4433"),
 )
 CALL_TIMEOUT = 10.0
 

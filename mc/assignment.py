@@ -39,7 +39,8 @@ class InvalidAssignment(ValueError):
 def validate_assignment(meeting_id, mh_assignments):
     """Raise InvalidAssignment unless the request is one we may act on.
 
-    ``mh_assignments``: ``(mh_id, endpoint, role_name)`` tuples. MH ids are
+    ``mh_assignments``: ``(mh_id, webtransport_endpoint, grpc_endpoint)``
+    tuples; ``grpc_endpoint`` may be empty (a legacy GC sends none). MH ids are
     held to a length and printability rule only, not to the GC's id rule: the
     contract does not give MH ids a syntax, and refusing a real GC's MH ids
     would refuse every meeting.
@@ -49,7 +50,7 @@ def validate_assignment(meeting_id, mh_assignments):
     if not 1 <= len(mh_assignments) <= MAX_MH_ASSIGNMENTS:
         raise InvalidAssignment("mh_assignments", f"must hold 1-{MAX_MH_ASSIGNMENTS} "
                                 f"entries, not {len(mh_assignments)}")
-    for i, (mh_id, endpoint, _role) in enumerate(mh_assignments):
+    for i, (mh_id, endpoint, grpc_endpoint) in enumerate(mh_assignments):
         where = f"mh_assignments[{i}]"
         if not mh_id:
             raise InvalidAssignment(f"{where}.mh_id", "is empty")
@@ -60,13 +61,16 @@ def validate_assignment(meeting_id, mh_assignments):
                 "spaces")
         try:
             parse_http_url(f"{where}.webtransport_endpoint", endpoint)
+            if grpc_endpoint:
+                parse_http_url(f"{where}.grpc_endpoint", grpc_endpoint)
         except ConfigError as e:
             raise InvalidAssignment(e.option, e.problem) from None
 
 
 def assignment_record(mh_assignments, assigned_at):
     """The contract's ``meeting:<id>:mh`` JSON fields: the first entry is the
-    primary, the second (if any) the backup."""
+    primary, the second (if any) the backup. The MHs' gRPC URLs are not
+    among them (the layout is the fleet's)."""
     primary = mh_assignments[0]
     backup = mh_assignments[1] if len(mh_assignments) > 1 else (None, None, None)
     return {
@@ -83,11 +87,12 @@ def owner_state(config, now):
 
 
 def mh_from_record(record):
-    """The ``(mh_id, endpoint, role_name)`` tuples of a stored ``mh`` record
-    (the inverse of ``assignment_record``)."""
-    mh = ((record.get("primary_mh_id"), record.get("primary_endpoint"), "MH_ROLE_PRIMARY"),)
+    """The ``(mh_id, webtransport_endpoint, grpc_endpoint)`` tuples of a
+    stored ``mh`` record (the inverse of ``assignment_record``; the record
+    holds no gRPC URL, so each is empty)."""
+    mh = ((record.get("primary_mh_id"), record.get("primary_endpoint"), ""),)
     if record.get("backup_mh_id"):
-        mh += ((record["backup_mh_id"], record.get("backup_endpoint"), "MH_ROLE_BACKUP"),)
+        mh += ((record["backup_mh_id"], record.get("backup_endpoint"), ""),)
     return mh
 
 

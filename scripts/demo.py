@@ -127,8 +127,8 @@ def run(workdir):
         for i in range(2, MAX_MEETINGS + 2):
             meeting_id = f"meeting-{i}"
             r = assign_meeting(mc.grpc_target, meeting_id,
-                               [("mh-a", "https://mh-a.example:4433", "MH_ROLE_PRIMARY"),
-                                ("mh-b", "https://mh-b.example:4433", "MH_ROLE_BACKUP")],
+                               [("mh-a", "https://mh-a.example:4433", ""),
+                                ("mh-b", "https://mh-b.example:4433", "")],
                                GC_TOKEN)
             verdict = ("accepted" if r.accepted else
                        "rejected: " + pb.RejectionReason.Name(r.rejection_reason))

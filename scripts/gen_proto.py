@@ -1,5 +1,7 @@
 """Regenerate mc/proto/ from proto/: gc_mc_pb2{.py,.pyi,_grpc.py} (the GC's
-contract) and signaling_pb2{.py,.pyi} (the participants', no service).
+messages and the v1 services), gc_mc_legacy_pb2{.py,.pyi,_grpc.py} (the same
+services under the legacy package), media_pb2{.py,.pyi,_grpc.py} (the media
+handlers') and signaling_pb2{.py,.pyi} (the participants', no service).
 
 The modules are committed so that ``pip install .`` needs no build step;
 tests/test_proto.py runs this into a temp dir and fails on any difference, so
@@ -14,6 +16,7 @@ grpc module imports ``from mc.proto import gc_mc_pb2`` without post-processing.
 import shutil
 import sys
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 from grpc_tools import protoc
@@ -21,9 +24,14 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 PACKAGE = "mc/proto"
-OUTPUTS = ("gc_mc_pb2.py", "gc_mc_pb2.pyi", "gc_mc_pb2_grpc.py",
-           "signaling_pb2.py", "signaling_pb2.pyi")
-SOURCES = ("gc_mc.proto", "signaling.proto")
+#: source -> whether it declares services (and so has a _grpc module)
+SOURCES = {"gc_mc.proto": True, "gc_mc_legacy.proto": True, "media.proto": True,
+           "signaling.proto": False}
+OUTPUTS = tuple(name for source, services in SOURCES.items()
+                for name in (f"{source[:-6]}_pb2.py", f"{source[:-6]}_pb2.pyi")
+                + ((f"{source[:-6]}_pb2_grpc.py",) if services else ()))
+#: grpc_tools' copy of protobuf's well-known types (google/protobuf/timestamp.proto)
+WELL_KNOWN = resources.files("grpc_tools") / "_proto"
 
 
 def generate(out_dir):
@@ -34,6 +42,7 @@ def generate(out_dir):
         args = [
             "grpc_tools.protoc",
             f"-I{PACKAGE}={PROTO_DIR}",
+            f"-I{WELL_KNOWN}",
             f"--python_out={tmp}",
             f"--pyi_out={tmp}",
             f"--grpc_python_out={tmp}",

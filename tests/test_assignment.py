@@ -31,8 +31,8 @@ from mc.ownership import OwnershipService
 from mc.testing.doubles import ScriptedGcClient, gc_error
 from tests.configs import make_config
 
-PRIMARY = ("mh-a", "https://mh-a.example:4433", "MH_ROLE_PRIMARY")
-BACKUP = ("mh-b", "https://mh-b.example:4433", "MH_ROLE_BACKUP")
+PRIMARY = ("mh-a", "https://mh-a.example:4433", "")
+BACKUP = ("mh-b", "https://mh-b.example:4433", "")
 MH = (PRIMARY, BACKUP)
 
 
@@ -65,7 +65,7 @@ def test_invalid_assignments_name_the_field(meeting_id, mh, field):
 
 def test_valid_assignments():
     validate_assignment("a" * 255, (PRIMARY,) * 16)
-    validate_assignment("Meeting_1-x", (("mh.a:1", "http://[::1]:4433/x", "MH_ROLE_PRIMARY"),))
+    validate_assignment("Meeting_1-x", (("mh.a:1", "http://[::1]:4433/x", ""),))
 
 
 def test_assignment_record_is_the_contract_json():

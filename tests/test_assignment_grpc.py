@@ -26,8 +26,8 @@ from mc.testing.fakegc import FakeGc, assign_meeting
 from tests.configs import TEST_GC_TOKEN, TEST_SERVICE_TOKEN, make_config
 from tests.helpers import wait_until
 
-PRIMARY = ("mh-a", "https://mh-a.example:4433", "MH_ROLE_PRIMARY")
-BACKUP = ("mh-b", "https://mh-b.example:4433/wt", "MH_ROLE_BACKUP")
+PRIMARY = ("mh-a", "https://mh-a.example:4433", "")
+BACKUP = ("mh-b", "https://mh-b.example:4433/wt", "")
 MH = [PRIMARY, BACKUP]
 ADVERTISED = "http://mc-test-1.example:50052"
 
@@ -233,17 +233,19 @@ async def test_every_validation_failure_is_invalid_argument_and_writes_nothing(r
         ("meeting_id", dict(meeting_id="")),
         ("meeting_id", dict(meeting_id="meeting-1\n")),
         ("mh_assignments", dict(mh=[])),
-        ("mh_assignments", dict(mh=[(f"mh-{i}", f"https://mh-{i}.example", "MH_ROLE_BACKUP")
+        ("mh_assignments", dict(mh=[(f"mh-{i}", f"https://mh-{i}.example", "")
                                     for i in range(17)])),
-        ("mh_assignments[0].mh_id", dict(mh=[("", PRIMARY[1], "MH_ROLE_PRIMARY")])),
-        ("mh_assignments[1].mh_id", dict(mh=[PRIMARY, ("x" * 256, BACKUP[1], 2)])),
+        ("mh_assignments[0].mh_id", dict(mh=[("", PRIMARY[1], "")])),
+        ("mh_assignments[1].mh_id", dict(mh=[PRIMARY, ("x" * 256, BACKUP[1], "")])),
         ("mh_assignments[0].webtransport_endpoint",
-         dict(mh=[("mh-a", "ftp://mh-a.example", "MH_ROLE_PRIMARY")])),
+         dict(mh=[("mh-a", "ftp://mh-a.example", "")])),
         ("mh_assignments[1].webtransport_endpoint",
-         dict(mh=[PRIMARY, ("mh-b", "wss://mh-b.example:4433", "MH_ROLE_BACKUP")])),
-        ("mh_assignments[1].webtransport_endpoint", dict(mh=[PRIMARY, ("mh-b", "", 2)])),
+         dict(mh=[PRIMARY, ("mh-b", "wss://mh-b.example:4433", "")])),
+        ("mh_assignments[1].webtransport_endpoint", dict(mh=[PRIMARY, ("mh-b", "", "")])),
+        ("mh_assignments[1].grpc_endpoint",
+         dict(mh=[PRIMARY, ("mh-b", BACKUP[1], "grpc://mh-b.example:50052")])),
         ("mh_assignments[0].webtransport_endpoint",
-         dict(mh=[("mh-a", "https://" + "h" * 250, "MH_ROLE_PRIMARY")])),
+         dict(mh=[("mh-a", "https://" + "h" * 250, "")])),
         ("request", dict(gc_id="g" * 70_000)),
     ]
     for field, kw in cases:

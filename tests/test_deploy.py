@@ -68,7 +68,7 @@ ENDPOINTS = ("GC_GRPC_URL", "REDIS_URL", "AC_JWKS_URL", "MC_GRPC_BIND_ADDRESS",
              "MC_GRPC_ADVERTISE_URL", "MC_WEBTRANSPORT_BIND_ADDRESS",
              "MC_WEBTRANSPORT_ADVERTISE_URL", "MC_HEALTH_BIND_ADDRESS")
 GRPC_STOP_GRACE = inspect.signature(GrpcServerService).parameters["grace"].default
-MH = [("mh-1", "https://mh-1.example:4433", "MH_ROLE_PRIMARY")]
+MH = [("mh-1", "https://mh-1.example:4433", "")]
 
 
 def test_every_file_in_deploy_is_checked_and_named_in_the_readme():

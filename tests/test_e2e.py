@@ -12,7 +12,7 @@ from mc.testing.participant import LoopThread, SyncParticipant
 from tests.conftest import E2E_GC_TOKEN, E2E_SERVICE_TOKEN
 from tests.test_participants import assignable
 
-MH = [("mh-1", "https://mh-1.example:4433", "MH_ROLE_PRIMARY")]
+MH = [("mh-1", "https://mh-1.example:4433", "")]
 
 
 def readyz(mc):

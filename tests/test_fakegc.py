@@ -20,7 +20,7 @@ from fixtures_gc import (
     register_request,
 )
 
-from mc.proto import gc_mc_pb2, gc_mc_pb2_grpc
+from mc.proto import gc_mc_legacy_pb2_grpc, gc_mc_pb2
 from mc.testing import fakegc
 from mc.testing.fakegc import FakeGc
 
@@ -38,7 +38,7 @@ def fake():
 @pytest.fixture
 def stub(fake):
     channel = grpc.insecure_channel(fake.target)
-    yield gc_mc_pb2_grpc.GlobalControllerServiceStub(channel)
+    yield gc_mc_legacy_pb2_grpc.GlobalControllerServiceStub(channel)
     channel.close()
 
 
@@ -83,7 +83,7 @@ def test_bad_authorization_is_unauthenticated(fake, stub, authorization):
 def test_any_configured_token_is_accepted_even_at_8192_bytes():
     long_token = "t" * 8192
     with FakeGc([long_token, OTHER_TOKEN]) as gc, grpc.insecure_channel(gc.target) as ch:
-        stub = gc_mc_pb2_grpc.GlobalControllerServiceStub(ch)
+        stub = gc_mc_legacy_pb2_grpc.GlobalControllerServiceStub(ch)
         # grpc's default metadata limit refuses oversized headers at random: repeat.
         for token in [long_token] * 20 + [OTHER_TOKEN]:
             assert stub.RegisterMC(register_request(), timeout=5,
@@ -251,7 +251,7 @@ def test_restart_on_the_same_port_keeps_the_url(fake):
     fake.start()
     assert fake.url == url
     with grpc.insecure_channel(fake.target) as channel:
-        stub = gc_mc_pb2_grpc.GlobalControllerServiceStub(channel)
+        stub = gc_mc_legacy_pb2_grpc.GlobalControllerServiceStub(channel)
         assert stub.RegisterMC(register_request(), timeout=5, metadata=BEARER).accepted
 
 
@@ -279,11 +279,11 @@ def test_tls(tmp_path):
         assert gc.url.startswith("https://127.0.0.1:")
         creds = grpc.ssl_channel_credentials(root_certificates=cert)
         with grpc.secure_channel(gc.target, creds) as channel:
-            stub = gc_mc_pb2_grpc.GlobalControllerServiceStub(channel)
+            stub = gc_mc_legacy_pb2_grpc.GlobalControllerServiceStub(channel)
             assert stub.RegisterMC(register_request(), timeout=5, metadata=BEARER).accepted
 
 
-class _FakeMc(gc_mc_pb2_grpc.MeetingControllerServiceServicer):
+class _FakeMc(gc_mc_legacy_pb2_grpc.MeetingControllerServiceServicer):
     def __init__(self):
         self.calls = []
 
@@ -298,15 +298,15 @@ def test_assign_meeting_client_side():
 
     mc = _FakeMc()
     server = grpc.server(ThreadPoolExecutor(2))
-    gc_mc_pb2_grpc.add_MeetingControllerServiceServicer_to_server(mc, server)
+    gc_mc_legacy_pb2_grpc.add_MeetingControllerServiceServicer_to_server(mc, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
         response = fakegc.assign_meeting(
             f"http://127.0.0.1:{port}", "meeting-9",
-            [("mh-1", "https://mh1:4433", "MH_ROLE_PRIMARY"),
+            [("mh-1", "https://mh1:4433", ""),
              {"mh_id": "mh-2", "webtransport_endpoint": "https://mh2:4433",
-              "role": gc_mc_pb2.MH_ROLE_BACKUP}],
+              "grpc_endpoint": "http://mh2:50052"}],
             TOKEN, timeout=5)
         assert response.rejection_reason == gc_mc_pb2.REJECTION_REASON_DRAINING
         fakegc.assign_meeting(f"127.0.0.1:{port}", "meeting-10", [], None,
@@ -317,9 +317,9 @@ def test_assign_meeting_client_side():
     (request, metadata), (_, malformed), (_, missing) = mc.calls
     assert request.meeting_id == "meeting-9"
     assert request.requesting_gc_id == "fake-gc"
-    assert [(a.mh_id, a.webtransport_endpoint, a.role) for a in request.mh_assignments] == [
-        ("mh-1", "https://mh1:4433", gc_mc_pb2.MH_ROLE_PRIMARY),
-        ("mh-2", "https://mh2:4433", gc_mc_pb2.MH_ROLE_BACKUP)]
+    assert [(a.mh_id, a.webtransport_endpoint, a.grpc_endpoint)
+            for a in request.mh_assignments] == [
+        ("mh-1", "https://mh1:4433", ""), ("mh-2", "https://mh2:4433", "http://mh2:50052")]
     assert metadata["authorization"] == "Bearer " + TOKEN
     assert malformed["authorization"] == "bearer x"
     assert "authorization" not in missing
@@ -338,7 +338,7 @@ def test_command_line_prints_one_json_line_per_request(tmp_path):
         assert "listening on http://127.0.0.1:" in banner
         target = banner.rsplit("http://", 1)[1].strip()
         with grpc.insecure_channel(target) as channel:
-            stub = gc_mc_pb2_grpc.GlobalControllerServiceStub(channel)
+            stub = gc_mc_legacy_pb2_grpc.GlobalControllerServiceStub(channel)
             stub.RegisterMC(register_request(), timeout=5, metadata=BEARER)
             code_of(stub.FastHeartbeat, fast_request("other"), metadata=BEARER)
         lines = [json.loads(proc.stdout.readline()) for _ in range(2)]

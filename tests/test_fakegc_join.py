@@ -22,7 +22,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from mc.participants.tokens import TokenVerifier
-from mc.proto import gc_mc_pb2, gc_mc_pb2_grpc
+from mc.proto import gc_mc_legacy_pb2_grpc, gc_mc_pb2
 from mc.testing.fakegc import FakeGc, NoMcAvailable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +30,7 @@ BEARER = (("authorization", "Bearer " + TOKEN),)
 GC_TOKEN = "gc-to-mc-token-J4"
 
 
-class FakeMc(gc_mc_pb2_grpc.MeetingControllerServiceServicer):
+class FakeMc(gc_mc_legacy_pb2_grpc.MeetingControllerServiceServicer):
     """A MeetingControllerService that accepts (or rejects with ``reject``)
     every assignment and records it; it registers and heartbeats on demand."""
 
@@ -38,9 +38,10 @@ class FakeMc(gc_mc_pb2_grpc.MeetingControllerServiceServicer):
         self.mc_id = mc_id
         self.reject = None
         self.calls = []
-        self._gc = gc_mc_pb2_grpc.GlobalControllerServiceStub(grpc.insecure_channel(gc.target))
+        self._gc = gc_mc_legacy_pb2_grpc.GlobalControllerServiceStub(
+            grpc.insecure_channel(gc.target))
         self._server = grpc.server(ThreadPoolExecutor(4))
-        gc_mc_pb2_grpc.add_MeetingControllerServiceServicer_to_server(self, self._server)
+        gc_mc_legacy_pb2_grpc.add_MeetingControllerServiceServicer_to_server(self, self._server)
         port = self._server.add_insecure_port("127.0.0.1:0")
         self._server.start()
         self.grpc_endpoint = f"http://127.0.0.1:{port}"
@@ -123,8 +124,8 @@ def test_a_new_meeting_goes_to_the_least_loaded_healthy_mc_with_a_valid_token(fa
     assert authorization == "Bearer " + GC_TOKEN
     assert request.meeting_id == "meeting-1"
     assert request.requesting_gc_id == "fake-gc"
-    assert [(a.mh_id, a.role) for a in request.mh_assignments] == [
-        ("mh-1", gc_mc_pb2.MH_ROLE_PRIMARY)]
+    assert [(a.mh_id, a.webtransport_endpoint) for a in request.mh_assignments] == [
+        ("mh-1", "https://mh-1.example:4433")]
     assert fake.placement("meeting-1") == "mc-idle"
 
     claims = verify(fake, join.token, "meeting-1")
@@ -136,8 +137,8 @@ def test_mh_assignments_and_the_mc_token_are_passed_on(fake, mcs):
     mc = mcs("mc-1").heartbeat()
     fake.set_mc_token("rotated-gc-token")
     fake.join("meeting-1", "u", mh_assignments=[
-        ("mh-a", "https://mh-a:4433", "MH_ROLE_PRIMARY"),
-        ("mh-b", "https://mh-b:4433", "MH_ROLE_BACKUP")])
+        ("mh-a", "https://mh-a:4433", ""),
+        ("mh-b", "https://mh-b:4433", "")])
     ((request, authorization),) = mc.calls
     assert authorization == "Bearer rotated-gc-token"
     assert [a.mh_id for a in request.mh_assignments] == ["mh-a", "mh-b"]
@@ -228,7 +229,7 @@ def test_a_meeting_that_ended_is_placed_afresh(fake, mcs):
     first, second = mcs("mc-1").heartbeat(), mcs("mc-2").heartbeat(current=5)
     assert fake.join("meeting-1", "alice").mc_id == "mc-1"
     with grpc.insecure_channel(fake.target) as channel:
-        gc_mc_pb2_grpc.GlobalControllerServiceStub(channel).NotifyMeetingEnded(
+        gc_mc_legacy_pb2_grpc.GlobalControllerServiceStub(channel).NotifyMeetingEnded(
             gc_mc_pb2.NotifyMeetingEndedRequest(meeting_id="meeting-1", region="us-east-1"),
             timeout=5, metadata=BEARER)
     assert fake.placement("meeting-1") is None

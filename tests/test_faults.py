@@ -28,7 +28,7 @@ from mc.testing.redisproc import RedisProcess
 from tests.configs import make_config
 from tests.conftest import E2E_GC_TOKEN
 
-MH = [("mh-1", "https://mh-1.example:4433", "MH_ROLE_PRIMARY")]
+MH = [("mh-1", "https://mh-1.example:4433", "")]
 
 
 class Stream:
@@ -208,7 +208,7 @@ class Stack:
         self.service = AssignmentService(
             self.config, store, self.registry, Health(lambda: store.connected, 0.5),
             self.ownership, reactor, Metrics())
-        self.mh = ((f"mh-of-{mc_id}", "https://mh.example:4433", "MH_ROLE_PRIMARY"),)
+        self.mh = ((f"mh-of-{mc_id}", "https://mh.example:4433", ""),)
 
     def assign(self, meeting_id):
         return self.service.assign(meeting_id, self.mh, "gc-race")

@@ -33,7 +33,7 @@ ids = st.one_of(st.from_regex(r"[A-Za-z0-9_-]{1,40}", fullmatch=True), text)
 endpoints = st.one_of(st.sampled_from(["https://mh.example:4433", "http://10.0.0.1/wt",
                                        "ftp://mh.example", "https://", "https://u:p@h:1",
                                        "https://h:99999", ""]), text)
-assignments = st.lists(st.tuples(ids, endpoints, st.integers(-3, 9)), max_size=20)
+assignments = st.lists(st.tuples(ids, endpoints, endpoints), max_size=20)
 
 
 @pytest.fixture(params=["plaintext", "tls"])
@@ -72,10 +72,8 @@ def written_for(meeting_ids):
 
 
 def valid(meeting_id, mh):
-    roles = tuple((i, e, pb.MhRole.Name(r) if r in pb.MhRole.values() else str(r))
-                  for i, e, r in mh)
     try:
-        validate_assignment(meeting_id, roles)
+        validate_assignment(meeting_id, tuple(mh))
     except InvalidAssignment:
         return False
     return True
@@ -91,7 +89,8 @@ def test_random_requests_get_the_right_status_and_write_only_when_accepted(
     def call(meeting_id, mh):
         request = pb.AssignMeetingWithMhRequest(
             meeting_id=meeting_id, requesting_gc_id="fuzz", mh_assignments=[
-                pb.MhAssignment(mh_id=i, webtransport_endpoint=e, role=r) for i, e, r in mh])
+                pb.MhAssignment(mh_id=i, webtransport_endpoint=e, grpc_endpoint=g)
+                for i, e, g in mh])
         if valid(meeting_id, mh):
             assert stub.AssignMeetingWithMh(request, timeout=5, metadata=AUTH).accepted
             accepted.add(meeting_id)
@@ -134,8 +133,7 @@ def test_oversized_requests_are_refused(mc, channel, redis, size, code):
     stub = gc_mc_pb2_grpc.MeetingControllerServiceStub(channel)
     request = pb.AssignMeetingWithMhRequest(
         meeting_id="big", requesting_gc_id="x" * size, mh_assignments=[
-            pb.MhAssignment(mh_id="mh-1", webtransport_endpoint="https://mh.example:4433",
-                            role=pb.MH_ROLE_PRIMARY)])
+            pb.MhAssignment(mh_id="mh-1", webtransport_endpoint="https://mh.example:4433")])
     with pytest.raises(grpc.RpcError) as info:
         stub.AssignMeetingWithMh(request, timeout=5, metadata=AUTH)
     assert info.value.code() == code
@@ -151,8 +149,7 @@ BAD_AUTH = [(), (("authorization", "Bearer wrong-token"),), (("authorization", "
 
 def test_thousands_of_bad_tokens_are_refused_with_memory_flat(mc, redis):
     request = pb.AssignMeetingWithMhRequest(meeting_id="m-1", mh_assignments=[
-        pb.MhAssignment(mh_id="mh-1", webtransport_endpoint="https://mh.example:4433",
-                        role=pb.MH_ROLE_PRIMARY)])
+        pb.MhAssignment(mh_id="mh-1", webtransport_endpoint="https://mh.example:4433")])
 
     def flood(calls):
         codes = set()

@@ -174,7 +174,7 @@ def test_slow_heartbeat_never_overlaps_and_missed_ticks_skipped(rig):
     rig.advance(35)
     assert len(rig.client.requests("fast_heartbeat")) == 2
     _, held = rig.client.held[0]
-    held.callback(pb.HeartbeatResponse(acknowledged=True))
+    held.callback(pb.FastHeartbeatResponse(acknowledged=True))
     rig.advance(4.8)
     assert len(rig.client.times("fast_heartbeat")) == 2
     rig.advance(0.2)
@@ -274,7 +274,7 @@ def test_draining_heartbeat_joins_the_nudge_in_flight(rig):
     d = rig.liaison.send_draining_heartbeat()
     assert not d.called
     assert len(rig.client.requests("fast_heartbeat")) == 2
-    rig.client.held[0][1].callback(pb.HeartbeatResponse(acknowledged=True))
+    rig.client.held[0][1].callback(pb.FastHeartbeatResponse(acknowledged=True))
     assert d.called
     assert len(rig.client.requests("fast_heartbeat")) == 2
 
@@ -287,7 +287,7 @@ def test_draining_heartbeat_follows_a_healthy_one_in_flight(rig):
     rig.health.draining = True
     d = rig.liaison.send_draining_heartbeat()
     assert not d.called
-    rig.client.held[0][1].callback(pb.HeartbeatResponse(acknowledged=True))
+    rig.client.held[0][1].callback(pb.FastHeartbeatResponse(acknowledged=True))
     assert d.called
     assert [r.health for r in rig.client.requests("fast_heartbeat")][-2:] == [
         pb.HEALTHY, pb.DRAINING]

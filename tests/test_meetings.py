@@ -85,7 +85,7 @@ def test_a_meeting_has_one_slot():
 def test_admit_leave_idle_and_remove():
     clock = Clock()
     r = MeetingRegistry(5, 100, 1, clock)
-    m = r.commit(r.reserve("a"), 7, (("mh", "https://mh:1", "MH_ROLE_PRIMARY"),))
+    m = r.commit(r.reserve("a"), 7, (("mh", "https://mh:1", ""),))
     assert (m.generation, m.participant_count, m.idle_since) == (7, 0, 0)
     assert m.media_servers == ("https://mh:1",)
     p1, p2 = admit(m, "Ann", now=1.5), admit(m, "Bob")

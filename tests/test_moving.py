@@ -17,7 +17,7 @@ from mc.testing.wtclient import connect
 from tests.conftest import E2E_GC_TOKEN
 from tests.test_participants import assignable, error_of, join, participants_heartbeat
 
-MH = [("mh-1", "https://mh-1.example:4433", "MH_ROLE_PRIMARY")]
+MH = [("mh-1", "https://mh-1.example:4433", "")]
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from mc.testing.redisproc import RedisProcess
 from tests.configs import make_config
 from tests.helpers import wait_until
 
-MH = (("mh-1", "https://mh-1.example:4433", "MH_ROLE_PRIMARY"),)
+MH = (("mh-1", "https://mh-1.example:4433", ""),)
 
 
 class Stack:

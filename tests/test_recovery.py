@@ -23,8 +23,8 @@ from tests.configs import make_config
 from tests.conftest import E2E_GC_TOKEN
 from tests.helpers import wait_until
 
-MH = [("mh-1", "https://mh-1.example:4433", "MH_ROLE_PRIMARY"),
-      ("mh-2", "https://mh-2.example:4433", "MH_ROLE_BACKUP")]
+MH = [("mh-1", "https://mh-1.example:4433", ""),
+      ("mh-2", "https://mh-2.example:4433", "")]
 RECORD = {"primary_mh_id": "mh-1", "primary_endpoint": "https://mh-1.example:4433",
           "backup_mh_id": "mh-2", "backup_endpoint": "https://mh-2.example:4433",
           "assigned_at": 1700000000}

@@ -37,7 +37,7 @@ from tests.configs import make_config
 from tests.conftest import E2E_SERVICE_TOKEN
 from tests.helpers import wait_until
 
-MH = [("mh-1", "https://mh-1.example:4433", "MH_ROLE_PRIMARY")]
+MH = [("mh-1", "https://mh-1.example:4433", "")]
 OLD, NEW = b"o" * 32, b"n" * 32
 
 
@@ -231,8 +231,7 @@ class Held:
 def assignment(channel, token):
     request = pb.AssignMeetingWithMhRequest(
         meeting_id="m-1", requesting_gc_id="gc", mh_assignments=[
-            pb.MhAssignment(mh_id="mh-1", webtransport_endpoint="https://mh-1.example:4433",
-                            role=pb.MH_ROLE_PRIMARY)])
+            pb.MhAssignment(mh_id="mh-1", webtransport_endpoint="https://mh-1.example:4433")])
     stub = gc_mc_pb2_grpc.MeetingControllerServiceStub(channel)
     return threads.deferToThread(stub.AssignMeetingWithMh, request, timeout=5,
                                  metadata=(("authorization", "Bearer " + token),))

@@ -29,7 +29,7 @@ from mc.tree import MeetingController
 from tests.configs import TEST_GC_TOKEN, make_config
 from tests.helpers import wait_until
 
-MH = [("mh-1", "https://mh-1.example:4433", "MH_ROLE_PRIMARY")]
+MH = [("mh-1", "https://mh-1.example:4433", "")]
 ASSIGNMENT = {"primary_mh_id": "mh-a", "primary_endpoint": "https://mh-a.example:4433",
               "backup_mh_id": None, "backup_endpoint": None, "assigned_at": 1700000000}
 ACL_PASSWORD = "acl-pw-Vq93kd"

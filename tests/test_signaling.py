@@ -28,8 +28,8 @@ from mc.participants.signaling import (
 from mc.proto import signaling_pb2 as pb
 from mc.testing.doubles import RecordingTransport, TableTokenVerifier
 
-MH = (("mh-1", "https://mh-1.example:4433", "MH_ROLE_PRIMARY"),
-      ("mh-2", "https://mh-2.example:4433", "MH_ROLE_BACKUP"))
+MH = (("mh-1", "https://mh-1.example:4433", ""),
+      ("mh-2", "https://mh-2.example:4433", ""))
 
 
 class Rig:

@@ -92,7 +92,7 @@ async def test_starts_in_order_serves_and_stops_in_reverse(redis, gc):
         target = f"127.0.0.1:{root.grpc.port}"
         r = await threads.deferToThread(
             assign_meeting, target, "tree-meeting-1",
-            [("mh-1", "https://mh.example:4433", "MH_ROLE_PRIMARY")], TEST_GC_TOKEN)
+            [("mh-1", "https://mh.example:4433", "")], TEST_GC_TOKEN)
         assert r.accepted
         assert redis.command("GET", "meeting:tree-meeting-1:generation") == "1"
     finally:

@@ -11,7 +11,7 @@ from zope.interface import implementer
 
 from mc.errors import GcCallError
 from mc.interfaces import IGcClient
-from mc.proto import gc_mc_pb2_grpc
+from mc.proto import gc_mc_legacy_pb2_grpc
 
 
 def read_ca_file(path):
@@ -52,7 +52,7 @@ class GrpcGcClient:
         # Kept only inside the metadata tuple, which never reaches a repr or log.
         self._metadata = (("authorization", "Bearer " + config.service_token.reveal()),)
         self._channel = make_channel(config)
-        self._stub = gc_mc_pb2_grpc.GlobalControllerServiceStub(self._channel)
+        self._stub = gc_mc_legacy_pb2_grpc.GlobalControllerServiceStub(self._channel)
 
     def __repr__(self):
         return f"<GrpcGcClient target={self._target!r}>"

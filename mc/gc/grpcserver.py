@@ -29,6 +29,7 @@ from twisted.logger import Logger
 
 from mc.assignment import AT_CAPACITY, DRAINING, UNHEALTHY, InvalidAssignment, validate_assignment
 from mc.errors import ConfigError
+from mc.proto import gc_mc_legacy_pb2
 from mc.proto import gc_mc_pb2 as pb
 
 REASONS = {
@@ -38,7 +39,10 @@ REASONS = {
     UNHEALTHY: pb.REJECTION_REASON_UNHEALTHY,
 }
 
-SERVICE = pb.DESCRIPTOR.services_by_name["MeetingControllerService"].full_name
+#: MeetingControllerService's names in the v1 and the legacy dialect: both are
+#: served on the one port, by the same handler.
+SERVICES = tuple(module.DESCRIPTOR.services_by_name["MeetingControllerService"].full_name
+                 for module in (pb, gc_mc_legacy_pb2))
 
 #: Calls admitted (running or queued for a worker) per worker thread; beyond
 #: that grpcio answers RESOURCE_EXHAUSTED, which the GC treats as unavailable.
@@ -107,13 +111,6 @@ class ServerTls:
                                                          root_certificates=client_ca)
 
 
-def _role_name(role):
-    try:
-        return pb.MhRole.Name(role)
-    except ValueError:
-        return str(role)  # an enum value newer than our .proto
-
-
 def thd_authorized(context, token_check):
     """One ``authorization`` header the check accepts (None when absent); two
     are refused, whichever one a proxy would have looked at."""
@@ -122,14 +119,14 @@ def thd_authorized(context, token_check):
 
 
 def thd_valid_assignments(request, context, max_message_bytes):
-    """The request's ``(mh_id, endpoint, role_name)`` tuples once its size
+    """The request's ``(mh_id, webtransport_endpoint, grpc_endpoint)`` tuples once its size
     and fields pass; otherwise the call is aborted with INVALID_ARGUMENT
     naming the field (``context.abort`` raises)."""
     size = request.ByteSize()
     if size > max_message_bytes:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                       f"request: {size} bytes, more than {max_message_bytes}")
-    mh = tuple((a.mh_id, a.webtransport_endpoint, _role_name(a.role))
+    mh = tuple((a.mh_id, a.webtransport_endpoint, a.grpc_endpoint)
                for a in request.mh_assignments)
     try:
         validate_assignment(request.meeting_id, mh)
@@ -198,11 +195,11 @@ class GrpcServerService(Service):
         )
         # The request arrives as bytes and is parsed in thd_assign, so that bytes
         # that are no request get INVALID_ARGUMENT rather than grpc's INTERNAL.
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
+        server.add_generic_rpc_handlers(tuple(grpc.method_handlers_generic_handler(service, {
             "AssignMeetingWithMh": grpc.unary_unary_rpc_method_handler(
                 self.thd_assign,
                 response_serializer=pb.AssignMeetingWithMhResponse.SerializeToString),
-        }),))
+        }) for service in SERVICES))
         try:
             port = (server.add_insecure_port(self._address) if credentials is None
                     else server.add_secure_port(self._address, credentials))

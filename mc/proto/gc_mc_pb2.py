@@ -24,43 +24,43 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mc/proto/gc_mc.proto\x12\x13\x64\x61rk_tower.internal\"|\n\x12\x43ontrollerCapacity\x12\x14\n\x0cmax_meetings\x18\x01 \x01(\r\x12\x18\n\x10\x63urrent_meetings\x18\x02 \x01(\r\x12\x18\n\x10max_participants\x18\x03 \x01(\r\x12\x1c\n\x14\x63urrent_participants\x18\x04 \x01(\r\"\x95\x01\n\x11RegisterMCRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x15\n\rgrpc_endpoint\x18\x03 \x01(\t\x12\x1d\n\x15webtransport_endpoint\x18\x04 \x01(\t\x12\x14\n\x0cmax_meetings\x18\x05 \x01(\r\x12\x18\n\x10max_participants\x18\x06 \x01(\r\"\x88\x01\n\x12RegisterMCResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\"\n\x1a\x66\x61st_heartbeat_interval_ms\x18\x03 \x01(\x04\x12+\n#comprehensive_heartbeat_interval_ms\x18\x04 \x01(\x04\"\x9b\x01\n\x14\x46\x61stHeartbeatRequest\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12\x39\n\x08\x63\x61pacity\x18\x02 \x01(\x0b\x32\'.dark_tower.internal.ControllerCapacity\x12\x31\n\x06health\x18\x03 \x01(\x0e\x32!.dark_tower.internal.HealthStatus\"\xdd\x01\n\x1d\x43omprehensiveHeartbeatRequest\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12\x39\n\x08\x63\x61pacity\x18\x02 \x01(\x0b\x32\'.dark_tower.internal.ControllerCapacity\x12\x31\n\x06health\x18\x03 \x01(\x0e\x32!.dark_tower.internal.HealthStatus\x12\x19\n\x11\x63pu_usage_percent\x18\x04 \x01(\x02\x12\x1c\n\x14memory_usage_percent\x18\x05 \x01(\x02\"<\n\x11HeartbeatResponse\x12\x14\n\x0c\x61\x63knowledged\x18\x01 \x01(\x08\x12\x11\n\ttimestamp\x18\x02 \x01(\x04\"?\n\x19NotifyMeetingEndedRequest\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\"2\n\x1aNotifyMeetingEndedResponse\x12\x14\n\x0c\x61\x63knowledged\x18\x01 \x01(\x08\"g\n\x0cMhAssignment\x12\r\n\x05mh_id\x18\x01 \x01(\t\x12\x1d\n\x15webtransport_endpoint\x18\x02 \x01(\t\x12)\n\x04role\x18\x03 \x01(\x0e\x32\x1b.dark_tower.internal.MhRole\"\x85\x01\n\x1a\x41ssignMeetingWithMhRequest\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x39\n\x0emh_assignments\x18\x02 \x03(\x0b\x32!.dark_tower.internal.MhAssignment\x12\x18\n\x10requesting_gc_id\x18\x03 \x01(\t\"o\n\x1b\x41ssignMeetingWithMhResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12>\n\x10rejection_reason\x18\x02 \x01(\x0e\x32$.dark_tower.internal.RejectionReason*S\n\x0cHealthStatus\x12\x0b\n\x07PENDING\x10\x00\x12\x0b\n\x07HEALTHY\x10\x01\x12\x0c\n\x08\x44\x45GRADED\x10\x02\x12\r\n\tUNHEALTHY\x10\x03\x12\x0c\n\x08\x44RAINING\x10\x04*J\n\x06MhRole\x12\x17\n\x13MH_ROLE_UNSPECIFIED\x10\x00\x12\x13\n\x0fMH_ROLE_PRIMARY\x10\x01\x12\x12\n\x0eMH_ROLE_BACKUP\x10\x02*\x94\x01\n\x0fRejectionReason\x12 \n\x1cREJECTION_REASON_UNSPECIFIED\x10\x00\x12 \n\x1cREJECTION_REASON_AT_CAPACITY\x10\x01\x12\x1d\n\x19REJECTION_REASON_DRAINING\x10\x02\x12\x1e\n\x1aREJECTION_REASON_UNHEALTHY\x10\x03\x32\xc9\x03\n\x17GlobalControllerService\x12]\n\nRegisterMC\x12&.dark_tower.internal.RegisterMCRequest\x1a\'.dark_tower.internal.RegisterMCResponse\x12\x62\n\rFastHeartbeat\x12).dark_tower.internal.FastHeartbeatRequest\x1a&.dark_tower.internal.HeartbeatResponse\x12t\n\x16\x43omprehensiveHeartbeat\x12\x32.dark_tower.internal.ComprehensiveHeartbeatRequest\x1a&.dark_tower.internal.HeartbeatResponse\x12u\n\x12NotifyMeetingEnded\x12..dark_tower.internal.NotifyMeetingEndedRequest\x1a/.dark_tower.internal.NotifyMeetingEndedResponse2\x94\x01\n\x18MeetingControllerService\x12x\n\x13\x41ssignMeetingWithMh\x12/.dark_tower.internal.AssignMeetingWithMhRequest\x1a\x30.dark_tower.internal.AssignMeetingWithMhResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mc/proto/gc_mc.proto\x12\x16\x64\x61rk_tower.internal.v1\"|\n\x12\x43ontrollerCapacity\x12\x14\n\x0cmax_meetings\x18\x01 \x01(\r\x12\x18\n\x10\x63urrent_meetings\x18\x02 \x01(\r\x12\x18\n\x10max_participants\x18\x03 \x01(\r\x12\x1c\n\x14\x63urrent_participants\x18\x04 \x01(\r\"\x95\x01\n\x11RegisterMCRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x15\n\rgrpc_endpoint\x18\x03 \x01(\t\x12\x1d\n\x15webtransport_endpoint\x18\x04 \x01(\t\x12\x14\n\x0cmax_meetings\x18\x05 \x01(\r\x12\x18\n\x10max_participants\x18\x06 \x01(\r\"\x88\x01\n\x12RegisterMCResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\"\n\x1a\x66\x61st_heartbeat_interval_ms\x18\x03 \x01(\x04\x12+\n#comprehensive_heartbeat_interval_ms\x18\x04 \x01(\x04\"\xa1\x01\n\x14\x46\x61stHeartbeatRequest\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12<\n\x08\x63\x61pacity\x18\x02 \x01(\x0b\x32*.dark_tower.internal.v1.ControllerCapacity\x12\x34\n\x06health\x18\x03 \x01(\x0e\x32$.dark_tower.internal.v1.HealthStatus\"\xe3\x01\n\x1d\x43omprehensiveHeartbeatRequest\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12<\n\x08\x63\x61pacity\x18\x02 \x01(\x0b\x32*.dark_tower.internal.v1.ControllerCapacity\x12\x34\n\x06health\x18\x03 \x01(\x0e\x32$.dark_tower.internal.v1.HealthStatus\x12\x19\n\x11\x63pu_usage_percent\x18\x04 \x01(\x02\x12\x1c\n\x14memory_usage_percent\x18\x05 \x01(\x02\"@\n\x15\x46\x61stHeartbeatResponse\x12\x14\n\x0c\x61\x63knowledged\x18\x01 \x01(\x08\x12\x11\n\ttimestamp\x18\x02 \x01(\x04\"I\n\x1e\x43omprehensiveHeartbeatResponse\x12\x14\n\x0c\x61\x63knowledged\x18\x01 \x01(\x08\x12\x11\n\ttimestamp\x18\x02 \x01(\x04\"?\n\x19NotifyMeetingEndedRequest\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\"2\n\x1aNotifyMeetingEndedResponse\x12\x14\n\x0c\x61\x63knowledged\x18\x01 \x01(\x08\"Y\n\x0cMhAssignment\x12\r\n\x05mh_id\x18\x01 \x01(\t\x12\x1d\n\x15webtransport_endpoint\x18\x02 \x01(\t\x12\x15\n\rgrpc_endpoint\x18\x04 \x01(\tJ\x04\x08\x03\x10\x04\"\x88\x01\n\x1a\x41ssignMeetingWithMhRequest\x12\x12\n\nmeeting_id\x18\x01 \x01(\t\x12<\n\x0emh_assignments\x18\x02 \x03(\x0b\x32$.dark_tower.internal.v1.MhAssignment\x12\x18\n\x10requesting_gc_id\x18\x03 \x01(\t\"r\n\x1b\x41ssignMeetingWithMhResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x41\n\x10rejection_reason\x18\x02 \x01(\x0e\x32\'.dark_tower.internal.v1.RejectionReason*S\n\x0cHealthStatus\x12\x0b\n\x07PENDING\x10\x00\x12\x0b\n\x07HEALTHY\x10\x01\x12\x0c\n\x08\x44\x45GRADED\x10\x02\x12\r\n\tUNHEALTHY\x10\x03\x12\x0c\n\x08\x44RAINING\x10\x04*\x94\x01\n\x0fRejectionReason\x12 \n\x1cREJECTION_REASON_UNSPECIFIED\x10\x00\x12 \n\x1cREJECTION_REASON_AT_CAPACITY\x10\x01\x12\x1d\n\x19REJECTION_REASON_DRAINING\x10\x02\x12\x1e\n\x1aREJECTION_REASON_UNHEALTHY\x10\x03\x32\xf3\x03\n\x17GlobalControllerService\x12\x63\n\nRegisterMC\x12).dark_tower.internal.v1.RegisterMCRequest\x1a*.dark_tower.internal.v1.RegisterMCResponse\x12l\n\rFastHeartbeat\x12,.dark_tower.internal.v1.FastHeartbeatRequest\x1a-.dark_tower.internal.v1.FastHeartbeatResponse\x12\x87\x01\n\x16\x43omprehensiveHeartbeat\x12\x35.dark_tower.internal.v1.ComprehensiveHeartbeatRequest\x1a\x36.dark_tower.internal.v1.ComprehensiveHeartbeatResponse\x12{\n\x12NotifyMeetingEnded\x12\x31.dark_tower.internal.v1.NotifyMeetingEndedRequest\x1a\x32.dark_tower.internal.v1.NotifyMeetingEndedResponse2\x9a\x01\n\x18MeetingControllerService\x12~\n\x13\x41ssignMeetingWithMh\x12\x32.dark_tower.internal.v1.AssignMeetingWithMhRequest\x1a\x33.dark_tower.internal.v1.AssignMeetingWithMhResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mc.proto.gc_mc_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HEALTHSTATUS']._serialized_start=1377
-  _globals['_HEALTHSTATUS']._serialized_end=1460
-  _globals['_MHROLE']._serialized_start=1462
-  _globals['_MHROLE']._serialized_end=1536
-  _globals['_REJECTIONREASON']._serialized_start=1539
-  _globals['_REJECTIONREASON']._serialized_end=1687
-  _globals['_CONTROLLERCAPACITY']._serialized_start=45
-  _globals['_CONTROLLERCAPACITY']._serialized_end=169
-  _globals['_REGISTERMCREQUEST']._serialized_start=172
-  _globals['_REGISTERMCREQUEST']._serialized_end=321
-  _globals['_REGISTERMCRESPONSE']._serialized_start=324
-  _globals['_REGISTERMCRESPONSE']._serialized_end=460
-  _globals['_FASTHEARTBEATREQUEST']._serialized_start=463
-  _globals['_FASTHEARTBEATREQUEST']._serialized_end=618
-  _globals['_COMPREHENSIVEHEARTBEATREQUEST']._serialized_start=621
-  _globals['_COMPREHENSIVEHEARTBEATREQUEST']._serialized_end=842
-  _globals['_HEARTBEATRESPONSE']._serialized_start=844
-  _globals['_HEARTBEATRESPONSE']._serialized_end=904
-  _globals['_NOTIFYMEETINGENDEDREQUEST']._serialized_start=906
-  _globals['_NOTIFYMEETINGENDEDREQUEST']._serialized_end=969
-  _globals['_NOTIFYMEETINGENDEDRESPONSE']._serialized_start=971
-  _globals['_NOTIFYMEETINGENDEDRESPONSE']._serialized_end=1021
-  _globals['_MHASSIGNMENT']._serialized_start=1023
-  _globals['_MHASSIGNMENT']._serialized_end=1126
-  _globals['_ASSIGNMEETINGWITHMHREQUEST']._serialized_start=1129
-  _globals['_ASSIGNMEETINGWITHMHREQUEST']._serialized_end=1262
-  _globals['_ASSIGNMEETINGWITHMHRESPONSE']._serialized_start=1264
-  _globals['_ASSIGNMEETINGWITHMHRESPONSE']._serialized_end=1375
-  _globals['_GLOBALCONTROLLERSERVICE']._serialized_start=1690
-  _globals['_GLOBALCONTROLLERSERVICE']._serialized_end=2147
-  _globals['_MEETINGCONTROLLERSERVICE']._serialized_start=2150
-  _globals['_MEETINGCONTROLLERSERVICE']._serialized_end=2298
+  _globals['_HEALTHSTATUS']._serialized_start=1463
+  _globals['_HEALTHSTATUS']._serialized_end=1546
+  _globals['_REJECTIONREASON']._serialized_start=1549
+  _globals['_REJECTIONREASON']._serialized_end=1697
+  _globals['_CONTROLLERCAPACITY']._serialized_start=48
+  _globals['_CONTROLLERCAPACITY']._serialized_end=172
+  _globals['_REGISTERMCREQUEST']._serialized_start=175
+  _globals['_REGISTERMCREQUEST']._serialized_end=324
+  _globals['_REGISTERMCRESPONSE']._serialized_start=327
+  _globals['_REGISTERMCRESPONSE']._serialized_end=463
+  _globals['_FASTHEARTBEATREQUEST']._serialized_start=466
+  _globals['_FASTHEARTBEATREQUEST']._serialized_end=627
+  _globals['_COMPREHENSIVEHEARTBEATREQUEST']._serialized_start=630
+  _globals['_COMPREHENSIVEHEARTBEATREQUEST']._serialized_end=857
+  _globals['_FASTHEARTBEATRESPONSE']._serialized_start=859
+  _globals['_FASTHEARTBEATRESPONSE']._serialized_end=923
+  _globals['_COMPREHENSIVEHEARTBEATRESPONSE']._serialized_start=925
+  _globals['_COMPREHENSIVEHEARTBEATRESPONSE']._serialized_end=998
+  _globals['_NOTIFYMEETINGENDEDREQUEST']._serialized_start=1000
+  _globals['_NOTIFYMEETINGENDEDREQUEST']._serialized_end=1063
+  _globals['_NOTIFYMEETINGENDEDRESPONSE']._serialized_start=1065
+  _globals['_NOTIFYMEETINGENDEDRESPONSE']._serialized_end=1115
+  _globals['_MHASSIGNMENT']._serialized_start=1117
+  _globals['_MHASSIGNMENT']._serialized_end=1206
+  _globals['_ASSIGNMEETINGWITHMHREQUEST']._serialized_start=1209
+  _globals['_ASSIGNMEETINGWITHMHREQUEST']._serialized_end=1345
+  _globals['_ASSIGNMEETINGWITHMHRESPONSE']._serialized_start=1347
+  _globals['_ASSIGNMEETINGWITHMHRESPONSE']._serialized_end=1461
+  _globals['_GLOBALCONTROLLERSERVICE']._serialized_start=1700
+  _globals['_GLOBALCONTROLLERSERVICE']._serialized_end=2199
+  _globals['_MEETINGCONTROLLERSERVICE']._serialized_start=2202
+  _globals['_MEETINGCONTROLLERSERVICE']._serialized_end=2356
 # @@protoc_insertion_point(module_scope)

@@ -15,12 +15,6 @@ class HealthStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UNHEALTHY: _ClassVar[HealthStatus]
     DRAINING: _ClassVar[HealthStatus]
 
-class MhRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-    __slots__ = ()
-    MH_ROLE_UNSPECIFIED: _ClassVar[MhRole]
-    MH_ROLE_PRIMARY: _ClassVar[MhRole]
-    MH_ROLE_BACKUP: _ClassVar[MhRole]
-
 class RejectionReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     REJECTION_REASON_UNSPECIFIED: _ClassVar[RejectionReason]
@@ -32,9 +26,6 @@ HEALTHY: HealthStatus
 DEGRADED: HealthStatus
 UNHEALTHY: HealthStatus
 DRAINING: HealthStatus
-MH_ROLE_UNSPECIFIED: MhRole
-MH_ROLE_PRIMARY: MhRole
-MH_ROLE_BACKUP: MhRole
 REJECTION_REASON_UNSPECIFIED: RejectionReason
 REJECTION_REASON_AT_CAPACITY: RejectionReason
 REJECTION_REASON_DRAINING: RejectionReason
@@ -104,7 +95,15 @@ class ComprehensiveHeartbeatRequest(_message.Message):
     memory_usage_percent: float
     def __init__(self, controller_id: _Optional[str] = ..., capacity: _Optional[_Union[ControllerCapacity, _Mapping]] = ..., health: _Optional[_Union[HealthStatus, str]] = ..., cpu_usage_percent: _Optional[float] = ..., memory_usage_percent: _Optional[float] = ...) -> None: ...
 
-class HeartbeatResponse(_message.Message):
+class FastHeartbeatResponse(_message.Message):
+    __slots__ = ("acknowledged", "timestamp")
+    ACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    acknowledged: bool
+    timestamp: int
+    def __init__(self, acknowledged: _Optional[bool] = ..., timestamp: _Optional[int] = ...) -> None: ...
+
+class ComprehensiveHeartbeatResponse(_message.Message):
     __slots__ = ("acknowledged", "timestamp")
     ACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
@@ -127,14 +126,14 @@ class NotifyMeetingEndedResponse(_message.Message):
     def __init__(self, acknowledged: _Optional[bool] = ...) -> None: ...
 
 class MhAssignment(_message.Message):
-    __slots__ = ("mh_id", "webtransport_endpoint", "role")
+    __slots__ = ("mh_id", "webtransport_endpoint", "grpc_endpoint")
     MH_ID_FIELD_NUMBER: _ClassVar[int]
     WEBTRANSPORT_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
-    ROLE_FIELD_NUMBER: _ClassVar[int]
+    GRPC_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     mh_id: str
     webtransport_endpoint: str
-    role: MhRole
-    def __init__(self, mh_id: _Optional[str] = ..., webtransport_endpoint: _Optional[str] = ..., role: _Optional[_Union[MhRole, str]] = ...) -> None: ...
+    grpc_endpoint: str
+    def __init__(self, mh_id: _Optional[str] = ..., webtransport_endpoint: _Optional[str] = ..., grpc_endpoint: _Optional[str] = ...) -> None: ...
 
 class AssignMeetingWithMhRequest(_message.Message):
     __slots__ = ("meeting_id", "mh_assignments", "requesting_gc_id")

@@ -35,22 +35,22 @@ class GlobalControllerServiceStub:
             channel: A grpc.Channel.
         """
         self.RegisterMC = channel.unary_unary(
-                '/dark_tower.internal.GlobalControllerService/RegisterMC',
+                '/dark_tower.internal.v1.GlobalControllerService/RegisterMC',
                 request_serializer=mc_dot_proto_dot_gc__mc__pb2.RegisterMCRequest.SerializeToString,
                 response_deserializer=mc_dot_proto_dot_gc__mc__pb2.RegisterMCResponse.FromString,
                 _registered_method=True)
         self.FastHeartbeat = channel.unary_unary(
-                '/dark_tower.internal.GlobalControllerService/FastHeartbeat',
+                '/dark_tower.internal.v1.GlobalControllerService/FastHeartbeat',
                 request_serializer=mc_dot_proto_dot_gc__mc__pb2.FastHeartbeatRequest.SerializeToString,
-                response_deserializer=mc_dot_proto_dot_gc__mc__pb2.HeartbeatResponse.FromString,
+                response_deserializer=mc_dot_proto_dot_gc__mc__pb2.FastHeartbeatResponse.FromString,
                 _registered_method=True)
         self.ComprehensiveHeartbeat = channel.unary_unary(
-                '/dark_tower.internal.GlobalControllerService/ComprehensiveHeartbeat',
+                '/dark_tower.internal.v1.GlobalControllerService/ComprehensiveHeartbeat',
                 request_serializer=mc_dot_proto_dot_gc__mc__pb2.ComprehensiveHeartbeatRequest.SerializeToString,
-                response_deserializer=mc_dot_proto_dot_gc__mc__pb2.HeartbeatResponse.FromString,
+                response_deserializer=mc_dot_proto_dot_gc__mc__pb2.ComprehensiveHeartbeatResponse.FromString,
                 _registered_method=True)
         self.NotifyMeetingEnded = channel.unary_unary(
-                '/dark_tower.internal.GlobalControllerService/NotifyMeetingEnded',
+                '/dark_tower.internal.v1.GlobalControllerService/NotifyMeetingEnded',
                 request_serializer=mc_dot_proto_dot_gc__mc__pb2.NotifyMeetingEndedRequest.SerializeToString,
                 response_deserializer=mc_dot_proto_dot_gc__mc__pb2.NotifyMeetingEndedResponse.FromString,
                 _registered_method=True)
@@ -94,12 +94,12 @@ def add_GlobalControllerServiceServicer_to_server(servicer, server):
             'FastHeartbeat': grpc.unary_unary_rpc_method_handler(
                     servicer.FastHeartbeat,
                     request_deserializer=mc_dot_proto_dot_gc__mc__pb2.FastHeartbeatRequest.FromString,
-                    response_serializer=mc_dot_proto_dot_gc__mc__pb2.HeartbeatResponse.SerializeToString,
+                    response_serializer=mc_dot_proto_dot_gc__mc__pb2.FastHeartbeatResponse.SerializeToString,
             ),
             'ComprehensiveHeartbeat': grpc.unary_unary_rpc_method_handler(
                     servicer.ComprehensiveHeartbeat,
                     request_deserializer=mc_dot_proto_dot_gc__mc__pb2.ComprehensiveHeartbeatRequest.FromString,
-                    response_serializer=mc_dot_proto_dot_gc__mc__pb2.HeartbeatResponse.SerializeToString,
+                    response_serializer=mc_dot_proto_dot_gc__mc__pb2.ComprehensiveHeartbeatResponse.SerializeToString,
             ),
             'NotifyMeetingEnded': grpc.unary_unary_rpc_method_handler(
                     servicer.NotifyMeetingEnded,
@@ -108,9 +108,9 @@ def add_GlobalControllerServiceServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'dark_tower.internal.GlobalControllerService', rpc_method_handlers)
+            'dark_tower.internal.v1.GlobalControllerService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('dark_tower.internal.GlobalControllerService', rpc_method_handlers)
+    server.add_registered_method_handlers('dark_tower.internal.v1.GlobalControllerService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -131,7 +131,7 @@ class GlobalControllerService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/dark_tower.internal.GlobalControllerService/RegisterMC',
+            '/dark_tower.internal.v1.GlobalControllerService/RegisterMC',
             mc_dot_proto_dot_gc__mc__pb2.RegisterMCRequest.SerializeToString,
             mc_dot_proto_dot_gc__mc__pb2.RegisterMCResponse.FromString,
             options,
@@ -158,9 +158,9 @@ class GlobalControllerService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/dark_tower.internal.GlobalControllerService/FastHeartbeat',
+            '/dark_tower.internal.v1.GlobalControllerService/FastHeartbeat',
             mc_dot_proto_dot_gc__mc__pb2.FastHeartbeatRequest.SerializeToString,
-            mc_dot_proto_dot_gc__mc__pb2.HeartbeatResponse.FromString,
+            mc_dot_proto_dot_gc__mc__pb2.FastHeartbeatResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -185,9 +185,9 @@ class GlobalControllerService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/dark_tower.internal.GlobalControllerService/ComprehensiveHeartbeat',
+            '/dark_tower.internal.v1.GlobalControllerService/ComprehensiveHeartbeat',
             mc_dot_proto_dot_gc__mc__pb2.ComprehensiveHeartbeatRequest.SerializeToString,
-            mc_dot_proto_dot_gc__mc__pb2.HeartbeatResponse.FromString,
+            mc_dot_proto_dot_gc__mc__pb2.ComprehensiveHeartbeatResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -212,7 +212,7 @@ class GlobalControllerService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/dark_tower.internal.GlobalControllerService/NotifyMeetingEnded',
+            '/dark_tower.internal.v1.GlobalControllerService/NotifyMeetingEnded',
             mc_dot_proto_dot_gc__mc__pb2.NotifyMeetingEndedRequest.SerializeToString,
             mc_dot_proto_dot_gc__mc__pb2.NotifyMeetingEndedResponse.FromString,
             options,
@@ -236,7 +236,7 @@ class MeetingControllerServiceStub:
             channel: A grpc.Channel.
         """
         self.AssignMeetingWithMh = channel.unary_unary(
-                '/dark_tower.internal.MeetingControllerService/AssignMeetingWithMh',
+                '/dark_tower.internal.v1.MeetingControllerService/AssignMeetingWithMh',
                 request_serializer=mc_dot_proto_dot_gc__mc__pb2.AssignMeetingWithMhRequest.SerializeToString,
                 response_deserializer=mc_dot_proto_dot_gc__mc__pb2.AssignMeetingWithMhResponse.FromString,
                 _registered_method=True)
@@ -261,9 +261,9 @@ def add_MeetingControllerServiceServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'dark_tower.internal.MeetingControllerService', rpc_method_handlers)
+            'dark_tower.internal.v1.MeetingControllerService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('dark_tower.internal.MeetingControllerService', rpc_method_handlers)
+    server.add_registered_method_handlers('dark_tower.internal.v1.MeetingControllerService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -284,7 +284,7 @@ class MeetingControllerService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/dark_tower.internal.MeetingControllerService/AssignMeetingWithMh',
+            '/dark_tower.internal.v1.MeetingControllerService/AssignMeetingWithMh',
             mc_dot_proto_dot_gc__mc__pb2.AssignMeetingWithMhRequest.SerializeToString,
             mc_dot_proto_dot_gc__mc__pb2.AssignMeetingWithMhResponse.FromString,
             options,

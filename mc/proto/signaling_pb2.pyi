@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -32,6 +35,13 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INTERNAL_ERROR: _ClassVar[ErrorCode]
     CAPACITY_EXCEEDED: _ClassVar[ErrorCode]
     STREAM_ERROR: _ClassVar[ErrorCode]
+
+class ConnectionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONNECTION_STATE_UNSPECIFIED: _ClassVar[ConnectionState]
+    CONNECTION_STATE_CONNECTED: _ClassVar[ConnectionState]
+    CONNECTION_STATE_FAILED: _ClassVar[ConnectionState]
+    CONNECTION_STATE_DISCONNECTED: _ClassVar[ConnectionState]
 AUDIO: StreamType
 VIDEO_CAMERA: StreamType
 VIDEO_SCREEN: StreamType
@@ -49,6 +59,10 @@ CONFLICT: ErrorCode
 INTERNAL_ERROR: ErrorCode
 CAPACITY_EXCEEDED: ErrorCode
 STREAM_ERROR: ErrorCode
+CONNECTION_STATE_UNSPECIFIED: ConnectionState
+CONNECTION_STATE_CONNECTED: ConnectionState
+CONNECTION_STATE_FAILED: ConnectionState
+CONNECTION_STATE_DISCONNECTED: ConnectionState
 
 class ParticipantCapabilities(_message.Message):
     __slots__ = ("video_codecs", "audio_codecs", "supports_simulcast", "max_video_streams")
@@ -233,10 +247,6 @@ class UnmuteResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
-class MediaConnectionUpdate(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
-
 class StreamPublished(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -244,6 +254,26 @@ class StreamPublished(_message.Message):
 class StreamAssignments(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class MhConnectionStatus(_message.Message):
+    __slots__ = ("mh_url", "state", "failure_reason", "failure_code", "observed_at")
+    MH_URL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_CODE_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_AT_FIELD_NUMBER: _ClassVar[int]
+    mh_url: str
+    state: ConnectionState
+    failure_reason: str
+    failure_code: str
+    observed_at: _timestamp_pb2.Timestamp
+    def __init__(self, mh_url: _Optional[str] = ..., state: _Optional[_Union[ConnectionState, str]] = ..., failure_reason: _Optional[str] = ..., failure_code: _Optional[str] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class MediaConnectionUpdate(_message.Message):
+    __slots__ = ("statuses",)
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    statuses: _containers.RepeatedCompositeFieldContainer[MhConnectionStatus]
+    def __init__(self, statuses: _Optional[_Iterable[_Union[MhConnectionStatus, _Mapping]]] = ...) -> None: ...
 
 class ClientMessage(_message.Message):
     __slots__ = ("join_request", "publish_stream", "subscribe_to_layout", "update_layout", "unsubscribe_layout", "stream_quality_update", "mute_request", "host_mute_request", "unmute_request", "unmute_response", "media_connection_update", "trace_parent", "trace_state")

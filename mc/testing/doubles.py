@@ -44,7 +44,9 @@ class ScriptedGcClient:
                                          comprehensive_heartbeat_interval_ms=30000)
         if method == "notify_meeting_ended":
             return pb.NotifyMeetingEndedResponse(acknowledged=True)
-        return pb.HeartbeatResponse(acknowledged=True, timestamp=1)
+        if method == "fast_heartbeat":
+            return pb.FastHeartbeatResponse(acknowledged=True, timestamp=1)
+        return pb.ComprehensiveHeartbeatResponse(acknowledged=True, timestamp=1)
 
     def _call(self, method, request):
         assert not self.closed, "call after close"

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf import json_format
 
-from mc.proto import gc_mc_pb2, gc_mc_pb2_grpc
+from mc.proto import gc_mc_legacy_pb2_grpc, gc_mc_pb2
 from mc.testing.issuer import TokenIssuer
 
 # The contract's rules, written out here rather than imported from mc.config
@@ -42,7 +42,7 @@ DEFAULT_FAST_MS = 10000
 DEFAULT_COMPREHENSIVE_MS = 30000
 #: An MC whose last heartbeat is this old is silent: the GC no longer uses it.
 DEFAULT_STALE_AFTER = 30.0
-DEFAULT_MH_ASSIGNMENTS = (("mh-1", "https://mh-1.example:4433", "MH_ROLE_PRIMARY"),)
+DEFAULT_MH_ASSIGNMENTS = (("mh-1", "https://mh-1.example:4433", ""),)
 
 REGISTER = "RegisterMC"
 FAST = "FastHeartbeat"
@@ -151,7 +151,7 @@ def _status_code(code):
     return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode[code]
 
 
-class _Servicer(gc_mc_pb2_grpc.GlobalControllerServiceServicer):
+class _Servicer(gc_mc_legacy_pb2_grpc.GlobalControllerServiceServicer):
     """One server generation's servicer; ``stopping`` cuts its delays short."""
 
     def __init__(self, fake, stopping):
@@ -248,7 +248,7 @@ class FakeGc:
             stopping = threading.Event()
             executor = ThreadPoolExecutor(self._max_workers, thread_name_prefix="fakegc")
             server = grpc.server(executor, options=SERVER_OPTIONS)
-            gc_mc_pb2_grpc.add_GlobalControllerServiceServicer_to_server(
+            gc_mc_legacy_pb2_grpc.add_GlobalControllerServiceServicer_to_server(
                 _Servicer(self, stopping), server)
             address = f"{self.host}:{self.port}"
             try:
@@ -506,7 +506,9 @@ class FakeGc:
             c = request.capacity
             self._heard[request.controller_id] = _Heard(
                 request.health, c.current_meetings, c.max_meetings, time.monotonic())
-            return gc_mc_pb2.HeartbeatResponse(acknowledged=True, timestamp=int(time.time()))
+            response = (gc_mc_pb2.FastHeartbeatResponse if method == FAST
+                        else gc_mc_pb2.ComprehensiveHeartbeatResponse)
+            return response(acknowledged=True, timestamp=int(time.time()))
         _check_id("meeting_id", request.meeting_id)
         _check_region(request.region)
         # The meeting is over: the next join places it afresh.
@@ -536,10 +538,6 @@ class FakeGc:
         return response
 
 
-def _role(value):
-    return gc_mc_pb2.MhRole.Value(value) if isinstance(value, str) else int(value)
-
-
 def assign_meeting(mc_target, meeting_id, mh_assignments, token, gc_id="fake-gc", timeout=10,
                    authorization=None, root_certificates=None, private_key=None,
                    certificate_chain=None):
@@ -549,22 +547,19 @@ def assign_meeting(mc_target, meeting_id, mh_assignments, token, gc_id="fake-gc"
     ``root_certificates``, default the system roots, and presents the client
     certificate ``certificate_chain`` with ``private_key``, PEM bytes, when
     given: mutual TLS). ``mh_assignments``:
-    ``(mh_id, endpoint, role)`` tuples or dicts of MhAssignment fields; a role
-    is an MhRole number or name. ``authorization`` overrides the raw header
+    ``(mh_id, webtransport_endpoint, grpc_endpoint)`` tuples or dicts of
+    MhAssignment fields. ``authorization`` overrides the raw header
     value (to send a malformed one); with ``token=None`` and no override no
     header is sent. Returns the response or raises ``grpc.RpcError``.
     """
     assignments = []
     for a in mh_assignments:
         if isinstance(a, dict):
-            a = dict(a)
-            if "role" in a:
-                a["role"] = _role(a["role"])
             assignments.append(gc_mc_pb2.MhAssignment(**a))
         else:
-            mh_id, endpoint, role = a
+            mh_id, endpoint, grpc_endpoint = a
             assignments.append(gc_mc_pb2.MhAssignment(
-                mh_id=mh_id, webtransport_endpoint=endpoint, role=_role(role)))
+                mh_id=mh_id, webtransport_endpoint=endpoint, grpc_endpoint=grpc_endpoint))
     request = gc_mc_pb2.AssignMeetingWithMhRequest(
         meeting_id=meeting_id, mh_assignments=assignments, requesting_gc_id=gc_id)
     if authorization is None and token is not None:
@@ -579,7 +574,7 @@ def assign_meeting(mc_target, meeting_id, mh_assignments, token, gc_id="fake-gc"
     else:
         channel = grpc.insecure_channel(target)
     with channel:
-        stub = gc_mc_pb2_grpc.MeetingControllerServiceStub(channel)
+        stub = gc_mc_legacy_pb2_grpc.MeetingControllerServiceStub(channel)
         return stub.AssignMeetingWithMh(request, timeout=timeout, metadata=metadata)
 
 
