@@ -194,7 +194,7 @@ class AssignmentService(Service):
         while True:
             if self._health.draining or not self.running:
                 return self._reject(meeting_id, gc_id, DRAINING)
-            if not self._health.redis_up:
+            if not self._health.redis_up or not self._health.hosting:
                 return self._reject(meeting_id, gc_id, UNHEALTHY)
             busy = self._lanes.busy(meeting_id)
             if busy is not None:

@@ -390,6 +390,10 @@ SETTINGS = (
             _seconds(0, 3600), "Seconds shutdown waits for participants to move elsewhere"),
     Setting("meeting_idle", "MC_MEETING_IDLE_SECONDS", "meeting-idle", 300.0,
             _seconds(1, 86400), "Seconds a meeting may have no participants before it ends"),
+    Setting("ownership_lease", "MC_OWNERSHIP_LEASE_SECONDS", "ownership-lease", 0.0,
+            _seconds(0, 20), "Seconds this MC keeps hosting without Redis confirming its "
+            "ownership; below the GC's 30 s staleness [default, 0: the GC's fast heartbeat "
+            "interval]"),
     Setting("lag_threshold", "MC_REACTOR_LAG_THRESHOLD", "lag-threshold", 0.5,
             _seconds(0.01, 60), "Reactor lag (seconds) above which health is DEGRADED"),
     Setting("gc_deadline", "MC_GC_DEADLINE_SECONDS", "gc-deadline", 10.0, _seconds(0.1, 60),
@@ -446,6 +450,7 @@ class Config:
     participant_estimate: int
     shutdown_grace: float
     meeting_idle: float
+    ownership_lease: float
     lag_threshold: float
     gc_deadline: float
     http_idle: float

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 
 from mc.binding import new_correlation_id
 from mc.errors import InvalidToken, NoJwks
-from mc.meetings import DRAINING, TIMEOUT, VOLUNTARY, AtCapacity, Replaced
+from mc.meetings import DRAINING, MOVED, TIMEOUT, VOLUNTARY, AtCapacity, Replaced
 
 MAX_NAME_BYTES = 256
 INVALID_TOKEN_MESSAGE = "invalid or expired token"
@@ -146,6 +146,10 @@ class JoinService(Service):
             raise Refused("NOT_FOUND", "meeting not hosted here", "not_found")
         if self._health.draining:
             raise Redirected(meeting_id, DRAINING)
+        if not self._health.hosting or meeting.ending:
+            # Unconfirmed ownership (the lease lapsed) or an end in flight:
+            # the GC places the meeting afresh.
+            raise Redirected(meeting_id, MOVED)
         return claims, meeting
 
     async def _join(self, meeting_id, token, name, sink):

@@ -126,7 +126,7 @@ class Meeting:
     rather than reading a clock."""
 
     __slots__ = (
-        "meeting_id", "generation", "mh_assignments", "created_at",
+        "meeting_id", "generation", "mh_assignments", "created_at", "ending",
         "_idle_since", "_participants", "_registry", "_next_user_id",
     )
 
@@ -136,6 +136,7 @@ class Meeting:
         self.generation = generation
         self.mh_assignments = mh_assignments
         self.created_at = now
+        self.ending = False  # its end is in flight: joins are refused
         self._idle_since = now
         self._participants = _NOBODY
         self._next_user_id = 1

@@ -4,9 +4,10 @@ end of the ones nobody is in, with NotifyMeetingEnded. No gRPC or Redis here.
 
 Nothing costs per hosted meeting on a timer. Another MC's claim leaves news
 for the loser in Redis, read with one command per check and also pushed on a
-channel that makes the check run at once (a missed message waits for the
-next periodic check, at most half the GC's comprehensive interval away).
-Idle meetings wait in the registry's index, ordered by when they became idle.
+channel that makes the check run at once. The same read renews the hosting
+lease (mc/lease.py), so it runs ``READS_PER_BOUND`` times per lease bound: a
+missed message waits at most that long. Idle meetings wait in the registry's
+index, ordered by when they became idle.
 """
 
 from twisted.application.service import Service
@@ -16,6 +17,7 @@ from twisted.logger import Logger
 from mc.assignment import assignment_record, owner_state
 from mc.backoff import retry_policy
 from mc.errors import FencedOut, GcCallError, StoreError
+from mc.lease import READS_PER_BOUND
 from mc.meetings import MOVED
 from mc.periodic import PeriodicCall
 from mc.proto import gc_mc_pb2 as pb
@@ -61,6 +63,17 @@ class Lanes:
     def in_flight(self, kind=None):
         return [d for k, d in self._busy.values() if kind is None or k == kind]
 
+    def settled(self, meeting_id):
+        """Fires once the meeting's operation in flight (if any) has settled;
+        cancelling it only stops this caller waiting."""
+        busy = self._busy.get(meeting_id)
+        if busy is None:
+            return defer.succeed(None)
+        waiter = defer.Deferred()
+        busy[1].addBoth(lambda result: (None if waiter.called else waiter.callback(None),
+                                        result)[1])
+        return waiter
+
     def _done(self, result, meeting_id, d):
         busy = self._busy.get(meeting_id)
         if busy is not None and busy[1] is d:
@@ -76,13 +89,16 @@ class Lanes:
 class OwnershipService(Service):
     """The part of the meetings' life after the accept (AssignmentService's).
     ``interval()`` is the GC's comprehensive heartbeat interval: an MC must
-    stop hosting a meeting it lost within it."""
+    stop hosting a meeting it lost within it; ``lease`` (a Lease) is renewed
+    by every ownership read, and its lapse sends every participant away."""
 
     name = "ownership"
 
-    def __init__(self, config, store, registry, gc_client, clock, metrics, interval):
+    def __init__(self, config, store, registry, gc_client, clock, metrics, interval, lease):
         self.lanes = Lanes()
-        self._lost = LostMeetings(config, store, registry, self.lanes, clock, metrics, interval)
+        self._lease = lease
+        self._lost = LostMeetings(config, store, registry, self.lanes, clock, metrics, interval,
+                                  lease)
         self._ends = IdleEnds(config, store, registry, self.lanes, gc_client, clock, metrics,
                               self._lost.lost)
 
@@ -95,6 +111,7 @@ class OwnershipService(Service):
         """Stop checking and notifying; wait for the store operations in
         flight (each bounded by the store's reply timeout)."""
         super().stopService()
+        self._lease.stop()
         stopping = [self._lost.stop(), self._ends.stop(), *self.lanes.in_flight()]
         d = defer.DeferredList(stopping, consumeErrors=True)
         return d.addCallback(lambda _: None)
@@ -124,7 +141,7 @@ class LostMeetings:
 
     log = Logger()
 
-    def __init__(self, config, store, registry, lanes, clock, metrics, interval):
+    def __init__(self, config, store, registry, lanes, clock, metrics, interval, lease):
         self._config = config
         self._store = store
         self._registry = registry
@@ -132,11 +149,13 @@ class LostMeetings:
         self._clock = clock
         self._metrics = metrics
         self._interval = interval
+        self._lease = lease
         self._marked = False  # the marker was seen or set: its loss is news
         self._running = False
         self._check = PeriodicCall(self._check_interval, self._read, clock, "ownership check")
         store.on_change(self._store_changed)
         store.listen(config.mc_id, self._heard)
+        lease.on_change(self._lease_changed)
 
     def start(self):
         self._running = True
@@ -153,8 +172,9 @@ class LostMeetings:
         return self._check.run_now()
 
     def _check_interval(self):
-        """Half the GC's comprehensive interval: a claim just after a check is
-        read by the next one, within the interval even when that runs late."""
+        """``READS_PER_BOUND`` reads per lease bound, and at least two per GC
+        comprehensive interval: a claim just after a check is read by the
+        next one, within the interval even when that runs late."""
         try:
             seconds = float(self._interval())
         except Exception:
@@ -162,7 +182,7 @@ class LostMeetings:
             seconds = 0.0
         if seconds <= 0:
             seconds = FALLBACK_OWNERSHIP_INTERVAL
-        return max(seconds / 2, MIN_CHECK_INTERVAL)
+        return max(min(seconds / 2, self._lease.bound / READS_PER_BOUND), MIN_CHECK_INTERVAL)
 
     def _heard(self):
         if self._running:
@@ -173,30 +193,58 @@ class LostMeetings:
         if connected and self._running:
             self._check.run_now()
 
+    def _lease_changed(self, valid):
+        """The lease lapsed: this MC may have lost its meetings unheard, so
+        their people go back to the GC (which places the meetings afresh)
+        and joins are refused until a read and the write-back succeed. The
+        meetings stay, to be re-asserted (fenced) then."""
+        if valid:
+            self.log.info("hosting lease confirmed again", mc_id=self._config.mc_id)
+            return
+        now = self._clock.seconds()
+        count = 0
+        for m in self._registry:
+            count += m.participant_count
+            m.redirect_all(MOVED, now)
+        self.log.warn("ownership unconfirmed for {bound:g}s: {count} participants sent back to "
+                      "the GC, joins refused until Redis answers", mc_id=self._config.mc_id,
+                      bound=self._lease.bound, count=count)
+
     async def _read(self):
+        """Read the news; act on it; renew the lease from this read's start,
+        after the hosted meetings were written back when Redis lost data or
+        the lease had lapsed (a meeting claimed meanwhile is fenced out)."""
         if not self._store.connected:
             return
         mc_id = self._config.mc_id
+        started = self._clock.seconds()
         try:
             marked, lost = await self._store.news(mc_id)
+            done = [(meeting_id, g) for meeting_id, g in lost if self._decide(meeting_id, g)]
+            settled = True
             if marked:
                 self._marked = True
-            else:
-                await self._write_back_all()
-            done = [(meeting_id, g) for meeting_id, g in lost if self._decide(meeting_id, g)]
+            if not marked or self._lease.lapsed:
+                settled = await self._write_back_all(lost_data=not marked)
             if done:
                 await self._store.forget_news(mc_id, done)
         except StoreError as e:
             self.log.debug("ownership check skipped: {why}", mc_id=mc_id, why=str(e))
+            return
+        if settled and self._running:
+            self._lease.confirm(started)
 
     def _decide(self, meeting_id, generation):
-        """Act on news of a claim at ``generation``; False to keep it for the
-        next check (an accept of the meeting is in flight, and the news may
-        be of a claim after ours)."""
-        if self._registry.pending(meeting_id):
+        """Act on news of a claim at ``generation``; False to keep it (an
+        accept of the meeting is in flight, and the news may be of a claim
+        after ours): it is read again as soon as that accept settles.
+        Generations never repeat, so news at or above the hosted one is of
+        a claim that did not come from this MC's own."""
+        if self._registry.pending(meeting_id) or self._lanes.busy(meeting_id):
+            self._lanes.settled(meeting_id).addCallback(lambda _: self._heard())
             return False
         m = self._registry.get(meeting_id)
-        if m is not None and m.generation < generation:
+        if m is not None and m.generation <= generation:
             self.lost(m, FencedOut(meeting_id, m.generation, generation))
         return True
 
@@ -214,12 +262,17 @@ class LostMeetings:
                       meeting_id=m.meeting_id, generation=m.generation,
                       stored_generation=fenced.stored_generation)
 
-    async def _write_back_all(self):
+    async def _write_back_all(self, lost_data):
         """Write every hosted meeting's keys back (the owner check keeps a
-        claim made meanwhile by another MC), then set the marker; a write
-        that failed leaves the marker unset, so the next check does it again."""
+        claim made meanwhile by another MC); after a data loss, then set the
+        marker. True when every write succeeded; otherwise the next check
+        does it again (the marker stays unset, the lease unconfirmed)."""
+        if lost_data:
+            # An accept in flight may have written before the loss: settled
+            # first, its meeting is written back too.
+            await defer.DeferredList(self._lanes.in_flight(), consumeErrors=True)
         hosted = list(self._registry)
-        if self._marked or hosted:
+        if lost_data and (self._marked or hosted):
             self.log.warn("Redis lost this MC's marker, so it lost data (a restart without "
                           "persistence?): writing back the {count} meetings hosted here",
                           mc_id=self._config.mc_id, count=len(hosted))
@@ -227,19 +280,23 @@ class LostMeetings:
         written = True
         for i in range(0, len(hosted), REASSERT_CHUNK):
             if not self._running:
-                return
+                return False
             chunk = hosted[i:i + REASSERT_CHUNK]
-            results = await defer.gatherResults([self._write_back(m, now) for m in chunk])
+            results = await defer.gatherResults(
+                [defer.ensureDeferred(self._write_back(m, now)) for m in chunk])
             written = written and all(results)
-        if written:
+        if written and lost_data:
             await self._store.mark(self._config.mc_id)
             self._marked = True
+        return written
 
-    def _write_back(self, m, now):
-        if self._registry.get(m.meeting_id) is not m or self._lanes.busy(m.meeting_id):
-            # Gone, or an accept (which writes the keys) or an end is in flight.
-            return defer.succeed(True)
-        return self._lanes.run(m.meeting_id, _REASSERT, self._reassert(m, now), failed=False)
+    async def _write_back(self, m, now):
+        while self._lanes.busy(m.meeting_id):  # an accept or an end: it settles first
+            await self._lanes.settled(m.meeting_id)
+        if self._registry.get(m.meeting_id) is not m:
+            return True
+        return await self._lanes.run(m.meeting_id, _REASSERT, self._reassert(m, now),
+                                     failed=False)
 
     async def _reassert(self, m, now):
         try:
@@ -334,18 +391,22 @@ class IdleEnds:
         meeting_id = m.meeting_id
         if self._registry.get(meeting_id) is not m or m.participant_count:
             return
+        m.ending = True  # joins are refused (redirected) from now on
         try:
             await self._store.delete(meeting_id, m.generation, self._config.mc_id)
         except FencedOut as e:
             self._lost(m, e)
             return
         except StoreError as e:
+            m.ending = False
             self.log.warn("could not end idle meeting {meeting_id}; retrying: {why}",
                           mc_id=self._config.mc_id, meeting_id=meeting_id,
                           generation=m.generation, why=str(e))
             return
         if self._registry.get(meeting_id) is m:
             self._registry.remove(meeting_id)
+        # Nobody can have joined meanwhile; one in its grace cannot come back.
+        m.redirect_all(MOVED, self._clock.seconds())
         self._metrics.meetings_ended.labels("idle").inc()
         self.log.info("meeting {meeting_id} ended: idle for {idle:g}s",
                       mc_id=self._config.mc_id, meeting_id=meeting_id,

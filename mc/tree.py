@@ -11,6 +11,7 @@ from mc.gc.gcclient import GrpcGcClient
 from mc.gc.grpcserver import GrpcServerService, ServerTls
 from mc.gc.liaison import GcLiaison
 from mc.joining import JoinService
+from mc.lease import Lease
 from mc.meetings import MeetingRegistry
 from mc.ops.health import Health, HealthMonitor
 from mc.ops.lifecycle import Lifecycle
@@ -71,14 +72,20 @@ def build_tree(config, reactor):
     root.registry = registry = MeetingRegistry(
         config.max_meetings, config.max_participants, config.participant_estimate, reactor,
         max_participants_per_meeting=config.max_participants_per_meeting)
-    root.health = health = Health(lambda: store.connected, config.lag_threshold)
+    # Hosting holds while Redis confirms ownership within the lease bound:
+    # the GC's fast interval unless set, below the GC's 30 s staleness.
+    root.lease = lease = Lease(
+        reactor, lambda: config.ownership_lease or liaison.fast_interval)
+    root.health = health = Health(lambda: store.connected, config.lag_threshold,
+                                  hosting=lambda: lease.valid)
+    lease.on_change(lambda valid: health.check())
     store.on_change(lambda connected: health.check())
     root.monitor = HealthMonitor(health, SystemProbe(), reactor, on_lag=metrics.observe_lag)
     root.gc_client = gc_client = GrpcGcClient(config, reactor, deadline=config.gc_deadline)
     root.liaison = liaison = GcLiaison(config, gc_client, registry, health, reactor, metrics)
     root.ownership = ownership = OwnershipService(
         config, store, registry, gc_client, reactor, metrics,
-        interval=lambda: liaison.comprehensive_interval)
+        interval=lambda: liaison.comprehensive_interval, lease=lease)
     liaison.on_intervals(ownership.intervals_changed)
     liaison.on_intervals(store.probe_period_changed)
     root.assignment = assignment = AssignmentService(

@@ -81,7 +81,10 @@ def mc_procs(tmp_path, redis, fake_gc):
     def start(mc_id="mc-e2e-1", env=None, redis_url=None, **kw):
         workdir = tmp_path / f"{mc_id}-{len(started)}"
         workdir.mkdir()
-        env = {"MC_SHUTDOWN_GRACE_SECONDS": "1", **(env or {})}
+        # A lease of a few fast intervals: a busy test machine must not make
+        # an MC send its people away; the fault tests set their own.
+        env = {"MC_SHUTDOWN_GRACE_SECONDS": "1", "MC_OWNERSHIP_LEASE_SECONDS": "3",
+               **(env or {})}
         kw.setdefault("jwks_url", fake_gc.jwks_url)
         mc = McProcess(workdir, fake_gc.url, redis_url or redis.url, E2E_SERVICE_TOKEN,
                        E2E_GC_TOKEN, mc_id=mc_id, env=env, **kw)

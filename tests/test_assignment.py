@@ -24,6 +24,7 @@ from mc.config import Secret
 from mc.errors import FencedOut, StoreUnavailable
 from mc.gc.auth import AllowAll, TokenCheck
 from mc.interfaces import IFencedStore, ITokenCheck
+from mc.lease import Lease
 from mc.meetings import MOVED, MeetingRegistry, Redirect
 from mc.ops.health import Health
 from mc.ops.metrics import Metrics
@@ -238,7 +239,8 @@ class Rig:
         self.metrics = Metrics()
         self.interval = ownership_interval
         self.ownership = OwnershipService(self.config, self.store, self.registry, self.gc,
-                                          self.clock, self.metrics, lambda: self.interval)
+                                          self.clock, self.metrics, lambda: self.interval,
+                                          Lease(self.clock, lambda: 3600.0))
         self.service = AssignmentService(self.config, self.store, self.registry, self.health,
                                          self.ownership, self.clock, self.metrics)
         self.ownership.startService()
@@ -360,24 +362,32 @@ def test_a_missed_message_is_caught_by_the_periodic_check_within_the_interval():
     assert rig.clock.seconds() - claimed <= 5.0 + 0.05, "half the interval"
 
 
-def test_news_of_a_claim_during_our_own_accept_waits_for_the_next_check():
-    rig = Rig(ownership_interval=10.0, max_meetings=5)
-    rig.store.claim_and_write("meeting-1", "mc-test-1", {}, {})  # ours once, long ago
-    rig.store.script["claim_and_write"].append("hold")
-    accepting = rig.assign()  # our claim (generation 2) is in flight ...
-    rig.store.push = False
-    rig.store.claim_and_write("meeting-1", "mc-other", {}, {})  # ... and 3 lands first
-    rig.store.script["claim_and_write"].clear()
-    result_of(rig.ownership.check())
-    assert rig.store.lost["mc-test-1"] == {"meeting-1": 2}, "kept: our accept is in flight"
-    held = rig.store.held.pop(0)
-    rig.store.generations["meeting-1"] = 1  # replay our claim at 2, as Redis ordered it
-    held.callback(None)
-    assert result_of(accepting) == (True, None)
-    rig.store.generations["meeting-1"] = 3
-    rig.store.lost["mc-test-1"]["meeting-1"] = 3
-    result_of(rig.ownership.check())
-    assert rig.service.hosted() == frozenset()
+def test_news_held_for_an_accept_in_flight_is_acted_on_when_it_settles():
+    """News of a claim that arrives while our own accept of the meeting is in
+    flight may be of a claim before ours or after it: it waits for the accept
+    and is read again the moment the accept settles, not a check later."""
+    for ours_last in (True, False):
+        rig = Rig(ownership_interval=10.0, max_meetings=5)
+        rig.store.marked.add("mc-test-1")
+        rig.store.claim_and_write("meeting-1", "mc-test-1", {}, {})  # ours once, long ago
+        rig.store.script["claim_and_write"].append("hold")
+        accepting = rig.assign()  # our claim is in flight ...
+        rig.store.push = False
+        rig.store.claim_and_write("meeting-1", "mc-other", {}, {})  # ... another lands first
+        rig.store.script["claim_and_write"].clear()
+        result_of(rig.ownership.check())
+        assert rig.store.lost["mc-test-1"] == {"meeting-1": 2}, "kept: our accept is in flight"
+        if not ours_last:  # Redis ran ours first: the other's claim is the newer one
+            rig.store.generations["meeting-1"] = 1
+        rig.store.held.pop(0).callback(None)
+        assert result_of(accepting) == (True, None)
+        if not ours_last:
+            rig.store.lost["mc-test-1"]["meeting-1"] = 3
+            rig.store.generations["meeting-1"] = 3
+            rig.ownership.check()
+        expected = frozenset({"meeting-1"}) if ours_last else frozenset()
+        assert rig.service.hosted() == expected, ours_last
+        assert rig.store.lost["mc-test-1"] == {}
 
 
 def test_no_store_work_per_hosted_meeting_while_idle():

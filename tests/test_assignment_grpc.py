@@ -16,6 +16,7 @@ from mc.assignment import AssignmentService
 from mc.gc.auth import AllowAll, TokenCheck
 from mc.gc.gcclient import GrpcGcClient
 from mc.gc.grpcserver import GrpcServerService
+from mc.lease import Lease
 from mc.meetings import MeetingRegistry
 from mc.ops.health import Health
 from mc.ops.metrics import Metrics
@@ -45,7 +46,8 @@ class Mc:
         self.health = Health(lambda: store.connected, self.config.lag_threshold)
         self.metrics = Metrics()
         self.ownership = OwnershipService(self.config, store, self.registry, gc_client, reactor,
-                                          self.metrics, lambda: ownership_interval)
+                                          self.metrics, lambda: ownership_interval,
+                                          Lease(reactor, lambda: 3600.0))
         self.service = AssignmentService(self.config, store, self.registry, self.health,
                                          self.ownership, reactor, self.metrics)
         self.server = GrpcServerService(self.config.grpc_listen, self.service,

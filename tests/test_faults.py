@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from twisted.internet import defer, reactor, threads
 
 from mc.assignment import AssignmentService
+from mc.lease import Lease
 from mc.meetings import MeetingRegistry
 from mc.ops.health import Health
 from mc.ops.metrics import Metrics
@@ -204,7 +205,8 @@ class Stack:
         self.config = make_config(environ={"MC_ID": mc_id})
         self.registry = MeetingRegistry(100, 100000, 1, reactor)
         self.ownership = OwnershipService(self.config, store, self.registry, ScriptedGcClient(),
-                                          reactor, Metrics(), lambda: 30.0)
+                                          reactor, Metrics(), lambda: 30.0,
+                                          Lease(reactor, lambda: 3600.0))
         self.service = AssignmentService(
             self.config, store, self.registry, Health(lambda: store.connected, 0.5),
             self.ownership, reactor, Metrics())

@@ -10,6 +10,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
 from mc.assignment import AssignmentService
+from mc.lease import Lease
 from mc.meetings import MeetingRegistry
 from mc.ops.health import Health
 from mc.ops.metrics import Metrics
@@ -36,7 +37,8 @@ class Stack:
                                         config.participant_estimate, reactor)
         self.metrics = Metrics()
         self.ownership = OwnershipService(config, store, self.registry, ScriptedGcClient(),
-                                          reactor, self.metrics, lambda: interval)
+                                          reactor, self.metrics, lambda: interval,
+                                          Lease(reactor, lambda: 3600.0))
         self.service = AssignmentService(config, store, self.registry,
                                          Health(lambda: store.connected, 0.5), self.ownership,
                                          reactor, self.metrics)
@@ -115,6 +117,7 @@ async def test_a_lost_meeting_is_dropped_within_an_interval_message_or_not(redis
 async def test_no_redis_command_per_hosted_meeting_while_idle(redis, make_stack):
     hosted, seconds, interval, probe = 3000, 2.0, 0.4, 0.1
     a = await make_stack("mc-a", interval, probe_every=lambda: probe)
+    await a.ownership.check()  # the marker set (the start-up recovery does it in the MC)
     await defer.gatherResults([defer.ensureDeferred(a.assign(f"idle-{i}"))
                                for i in range(hosted)])
     await deferLater(reactor, 0.3, lambda: None)  # the accepts' echoes settle

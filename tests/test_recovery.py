@@ -8,6 +8,7 @@ from twisted.internet import reactor
 
 from mc.assignment import AssignmentService
 from mc.config import parse_redis_url
+from mc.lease import Lease
 from mc.meetings import MeetingRegistry
 from mc.ops.health import Health
 from mc.ops.metrics import Metrics
@@ -82,7 +83,7 @@ def test_recovered_meetings_respect_capacity():
     registry = MeetingRegistry(2, 10000, 10, reactor)
     store = RedisFencedStore(parse_redis_url("REDIS_URL", "redis://127.0.0.1:1/0"), reactor)
     ownership = OwnershipService(config, store, registry, ScriptedGcClient(), reactor, Metrics(),
-                                 lambda: 30.0)
+                                 lambda: 30.0, Lease(reactor, lambda: 3600.0))
     service = AssignmentService(config, store, registry, Health(lambda: True, 0.5), ownership,
                                 reactor, Metrics())
     service.recovered([(f"m{i}", i, RECORD) for i in (3, 1, 2)])

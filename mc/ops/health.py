@@ -2,8 +2,9 @@
 that measures reactor lag and samples CPU and memory.
 
 Health is derived, never stored: DRAINING while draining, UNHEALTHY while
-Redis is unreachable, DEGRADED under CPU/memory pressure or reactor lag,
-HEALTHY otherwise. PENDING is the GC's word for "not heard yet" and never ours.
+Redis is unreachable or the hosting lease (mc/lease.py) has lapsed, DEGRADED
+under CPU/memory pressure or reactor lag, HEALTHY otherwise. PENDING is the
+GC's word for "not heard yet" and never ours.
 """
 
 from twisted.application.service import Service
@@ -24,8 +25,9 @@ class Health:
 
     log = Logger()
 
-    def __init__(self, redis_up, lag_threshold):
+    def __init__(self, redis_up, lag_threshold, hosting=lambda: True):
         self._redis_up = redis_up
+        self._hosting = hosting
         self.lag_threshold = lag_threshold
         self.draining = False
         self.cpu_percent = 0.0
@@ -39,10 +41,15 @@ class Health:
         return bool(self._redis_up())
 
     @property
+    def hosting(self):
+        """The hosting lease holds: joins may be admitted."""
+        return bool(self._hosting())
+
+    @property
     def status(self):
         if self.draining:
             return DRAINING
-        if not self.redis_up:
+        if not self.redis_up or not self.hosting:
             return UNHEALTHY
         if (self.cpu_percent >= PRESSURE_PERCENT or self.memory_percent >= PRESSURE_PERCENT
                 or self.reactor_lag > self.lag_threshold):

@@ -37,6 +37,8 @@ def not_ready_reason(health, tokens=None, webtransport=None):
         return "draining"
     if not health.redis_up:
         return "redis unreachable"
+    if not health.hosting:
+        return "ownership unconfirmed"
     if tokens is not None and not tokens.ready:
         return "no JWKS"
     if webtransport is not None and not webtransport.running:
