@@ -400,6 +400,14 @@ SETTINGS = (
             "Seconds each call to the GC may take before it is abandoned"),
     Setting("http_idle", "MC_HTTP_IDLE_SECONDS", "http-idle", 30.0, _seconds(0.1, 3600),
             "Seconds an HTTP connection may stay silent before it is closed"),
+    Setting("file_watch", "MC_FILE_WATCH", "file-watch", "auto",
+            parse_choice("auto", "inotify", "poll", "off"),
+            "How a changed secret or certificate file is noticed and reloaded as SIGHUP does: "
+            "auto (inotify where available, else poll), inotify, poll (a stat every 2 s) or "
+            "off (SIGHUP only)"),
+    Setting("cert_pair_grace", "MC_CERT_PAIR_GRACE_SECONDS", "cert-pair-grace", 30.0,
+            _seconds(0, 3600), "Seconds a rotated certificate waits for its key (or the key "
+            "for its certificate) before the reload is refused and the old pair kept"),
     Setting("log_format", "MC_LOG_FORMAT", "log-format", "text", parse_choice("text", "json"),
             "Log format: text or json (one JSON object per line)"),
     Setting("log_level", "MC_LOG_LEVEL", "log-level", "info",
@@ -454,6 +462,8 @@ class Config:
     lag_threshold: float
     gc_deadline: float
     http_idle: float
+    file_watch: str
+    cert_pair_grace: float
     log_format: str
     log_level: str
     service_token: Secret

@@ -11,6 +11,11 @@ class ConfigError(ValueError):
         self.problem = problem
 
 
+class KeyMismatch(ConfigError):
+    """A certificate and a key that are each readable but not a pair: during a
+    rotation, one of the two files may be written before the other."""
+
+
 class StoreError(Exception):
     """Base of every failure of the fenced store."""
 

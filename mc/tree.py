@@ -19,6 +19,7 @@ from mc.ops.logs import register_secret_values
 from mc.ops.metrics import Metrics
 from mc.ops.probe import SystemProbe
 from mc.ops.reload import BindingRotation, Reloadable, Reloader
+from mc.ops.watch import FileWatcher
 from mc.ops.web import HealthHttpService
 from mc.ownership import OwnershipService
 from mc.participants.quic import ENGINE as QUIC_ENGINE
@@ -112,15 +113,20 @@ def build_tree(config, reactor):
     root.http = HealthHttpService(config.health_listen, health, registry, liaison, metrics,
                                   reactor, idle_timeout=config.http_idle, tokens=tokens,
                                   webtransport=root.webtransport)
-    root.reloader = Reloader(_reloadables(root, grpc_tls), reactor, metrics)
+    root.reloader = reloader = Reloader(_reloadables(root, grpc_tls), reactor, metrics,
+                                        pair_grace=config.cert_pair_grace)
+    # A changed file reloads as SIGHUP does; whatever a Reloadable reads is watched.
+    root.watcher = FileWatcher(reloader.paths, lambda: reloader.reload("file change"), reactor,
+                               mode=config.file_watch)
     root.lifecycle = Lifecycle(config, reactor, health, registry, liaison, root.grpc, joins,
                                closing=lambda: root.webtransport.closing_sessions,
-                               reload=root.reloader.reload)
+                               reload=reloader.reload)
 
     # Participants arrive only once the meetings' side and the JWKS are up,
     # and are cut off (stop is the reverse) before them.
     for service in (root.http, store, root.monitor, ownership, assignment, tokens, joins,
-                    root.webtransport, root.grpc, liaison, root.reloader, root.lifecycle):
+                    root.webtransport, root.grpc, liaison, reloader, root.watcher,
+                    root.lifecycle):
         service.setServiceParent(root)
     return root
 
@@ -144,16 +150,20 @@ def _reloadables(root, grpc_tls):
         if source.name == "binding_secret":
             rotation = BindingRotation(root.joins, config.binding_secret, root.reactor,
                                        config.disconnect_grace)
-            items.append(Reloadable(source.option, source.read, rotation.rotate, rotation.stop))
+            items.append(Reloadable(source.option, source.read, rotation.rotate, rotation.stop,
+                                    paths=(source.path,)))
         elif source.name != "gc_tokens" or not config.insecure_no_auth:
-            items.append(Reloadable(source.option, source.read, apply[source.name]))
+            items.append(Reloadable(source.option, source.read, apply[source.name],
+                                    paths=(source.path,)))
     items.append(Reloadable(
         "MC_TLS_CERT_PATH / MC_TLS_KEY_PATH",
         lambda: server_configuration(config.tls_cert, config.tls_key),
-        root.webtransport.use_configuration))
+        root.webtransport.use_configuration, paths=(config.tls_cert, config.tls_key)))
     if grpc_tls is not None:
         setting = "MC_GRPC_TLS_CERT_PATH / MC_GRPC_TLS_KEY_PATH"
         if grpc_tls.mutual:
             setting += " / MC_GRPC_TLS_CLIENT_CA_PATH"
-        items.append(Reloadable(setting, grpc_tls.load, root.grpc.use_certificates))
+        paths = (grpc_tls.cert_path, grpc_tls.key_path, grpc_tls.client_ca_path)
+        items.append(Reloadable(setting, grpc_tls.load, root.grpc.use_certificates,
+                                paths=tuple(p for p in paths if p)))
     return items

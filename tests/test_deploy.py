@@ -21,6 +21,7 @@ import urllib.error
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import grpc
 import kubernetes_validate
 import psutil
 import pytest
@@ -50,8 +51,8 @@ CHECKED = {UNIT, ENV_EXAMPLE, DASHBOARD, *KUBERNETES}
 #: Where the unit expects the virtualenv; the tests use their own.
 UNIT_PREFIX = "/opt/mc/venv/"
 VENV_TWISTD = str(Path(sys.prefix) / "bin" / "twistd")
-#: systemd's credentials directory (%d) for a system unit named mc.service.
-CREDENTIALS = "/run/credentials/mc.service"
+#: Where the unit reads the secret files: paths the operator updates in place.
+OPERATOR_PATHS = ("/etc/mc/secrets/", "/etc/mc/tls/")
 
 SECRET_VALUES = {mcconfig.SERVICE_TOKEN[0], mcconfig.GC_TOKENS[0], mcconfig.BINDING_SECRET[0]}
 SECRET_FILES = {mcconfig.SERVICE_TOKEN[1], mcconfig.GC_TOKENS[1], mcconfig.BINDING_SECRET[1],
@@ -207,9 +208,9 @@ def unit_value(key, section="Service"):
     return value
 
 
-def expand_specifiers(value, credentials):
+def expand_specifiers(value):
     """The specifiers the unit uses, as systemd resolves them."""
-    return re.sub(r"%(.)", lambda m: {"d": credentials, "%": "%",
+    return re.sub(r"%(.)", lambda m: {"%": "%",
                                       "l": socket.gethostname().split(".")[0]}[m.group(1)],
                   value)
 
@@ -230,11 +231,10 @@ def read_env_file(path):
     return env
 
 
-def unit_environment(credentials):
+def unit_environment():
     """What systemd hands the ExecStart= process: Environment=, then the
     EnvironmentFile= (which wins)."""
-    env = dict(expand_specifiers(v, credentials).split("=", 1)
-               for v in unit_values("Environment"))
+    env = dict(expand_specifiers(v).split("=", 1) for v in unit_values("Environment"))
     env.update(read_env_file(ENV_EXAMPLE))
     return env
 
@@ -263,26 +263,41 @@ def test_systemd_unit_matches_the_daemon():
     assert unit_value("ProtectSystem") == "strict"
     # The stop waits up to the shutdown grace for participants, after up to
     # GRPC_STOP_GRACE for gRPC calls: systemd must not SIGKILL it before that.
-    env = unit_environment(CREDENTIALS)
+    env = unit_environment()
     assert float(unit_value("TimeoutStopSec")) > shutdown_grace(env) + GRPC_STOP_GRACE
     assert set(env) <= KNOWN_ENV, set(env) - KNOWN_ENV
     assert not SECRET_VALUES & set(env), "a secret's value in the environment"
-    # Each credential is read through a *_FILE / *_PATH setting, and each
-    # secret file setting through a credential.
-    credentials = {v.split(":", 1)[0] for v in unit_values("LoadCredential")}
-    read = {k: Path(v).name for k, v in env.items() if v.startswith(CREDENTIALS + "/")}
-    assert set(read.values()) == credentials and set(read) == SECRET_FILES
+    # Every secret and certificate file from a path the operator updates, never
+    # a LoadCredential= copy made once at start (a rotation would go unseen).
+    assert unit_values("LoadCredential") == [] and "%d" not in UNIT.read_text()
+    rotatable = SECRET_FILES | {"MC_TLS_CERT_PATH"}
+    assert rotatable <= set(env)
+    assert all(env[k].startswith(OPERATOR_PATHS) for k in rotatable), env
+    # The unit says which settings still need a restart.
+    head = UNIT.read_text().split("[Unit]")[0]
+    for restart in ("REDIS_URL", "MC_REDIS_CA_PATH", "MC_GC_CA_FILE"):
+        assert restart in head, restart
+
+
+ROTATED_GC_TOKEN = "deploy-rotated-gc-token-V5"
+
+
+def accepted_with(mc, gc_token):
+    try:
+        return assign_meeting(mc.grpc_target, f"rotated-{time.time_ns()}", MH, gc_token,
+                              timeout=2).accepted
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.UNAUTHENTICATED, e
+        return False
 
 
 def test_systemd_exec_start_runs_reloads_and_stops_the_mc(tmp_path, redis, fake_gc, launch):
     root = tmp_path / "root"
-    env = rooted(unit_environment(CREDENTIALS), root)
+    env = rooted(unit_environment(), root)
     argv = shlex.split(unit_value("ExecStart"))
     argv[0] = argv[0].replace(UNIT_PREFIX + "bin/twistd", VENV_TWISTD)
     mc = DeployedMc(argv, env, tmp_path, fake_gc, redis)
     write_provided_files(mc.env, mc.cert)
-    assert {p.name for p in (root / CREDENTIALS.lstrip("/")).iterdir()} == {
-        v.split(":", 1)[0] for v in unit_values("LoadCredential")}
     launch(mc)
     wait_for(mc.ready, 20, what="/readyz 200")
     assert [r for r in fake_gc.registrations() if r.request.id == env["MC_ID"]]
@@ -294,6 +309,15 @@ def test_systemd_exec_start_runs_reloads_and_stops_the_mc(tmp_path, redis, fake_
     mc.signal(signal.SIGUSR1)
     wait_for(mc.ready, 5, what="/readyz 200 after reload")
     assert mc.alive()
+
+    # A rotation as an operator makes it (a new file renamed into place at the
+    # path the unit names), no signal: the MC accepts the new GC token.
+    tokens = Path(env[mcconfig.GC_TOKENS[1]])
+    staged = tokens.with_name(".gc-tokens.new")
+    staged.write_text(f"{E2E_GC_TOKEN}\n{ROTATED_GC_TOKEN}\n")
+    staged.rename(tokens)
+    wait_for(lambda: accepted_with(mc, ROTATED_GC_TOKEN), 5, interval=0.2,
+             what="the rotated GC token accepted without a signal")
 
     assign_secret_named_meeting(mc)
     assert stop(mc, float(unit_value("TimeoutStopSec"))) < float(unit_value("TimeoutStopSec"))

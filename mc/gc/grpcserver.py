@@ -28,7 +28,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from mc.assignment import AT_CAPACITY, DRAINING, UNHEALTHY, InvalidAssignment, validate_assignment
-from mc.errors import ConfigError
+from mc.errors import ConfigError, KeyMismatch
 from mc.proto import gc_mc_legacy_pb2
 from mc.proto import gc_mc_pb2 as pb
 
@@ -102,7 +102,7 @@ class ServerTls:
             raise ConfigError(
                 KEY_SETTING, f"{self.key_path} holds no unencrypted PEM private key") from None
         if _spki(private_key.public_key()) != _spki(leaf.public_key()):
-            raise ConfigError(KEY_SETTING, f"{self.key_path} is not the key of {self.cert_path}")
+            raise KeyMismatch(KEY_SETTING, f"{self.key_path} is not the key of {self.cert_path}")
         client_ca = None
         if self.mutual:
             client_ca = _read_pem(CLIENT_CA_SETTING, self.client_ca_path)

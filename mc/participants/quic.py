@@ -37,7 +37,7 @@ from twisted.internet.error import MessageLengthError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from mc.errors import ConfigError
+from mc.errors import ConfigError, KeyMismatch
 
 #: The QUIC engine's distribution (mc_build_info names it and its version).
 ENGINE = "aioquic"
@@ -65,7 +65,7 @@ def load_certificate(configuration, cert_path, key_path):
         raise ConfigError(
             KEY_SETTING, f"{key_path} holds no unencrypted PEM private key") from None
     if _spki(key.public_key()) != _spki(configuration.certificate.public_key()):
-        raise ConfigError(KEY_SETTING, f"{key_path} is not the key of {cert_path}")
+        raise KeyMismatch(KEY_SETTING, f"{key_path} is not the key of {cert_path}")
     configuration.private_key = key
 
 
