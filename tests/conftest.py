@@ -6,12 +6,14 @@ import shutil
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
+from twisted.logger import globalLogPublisher
 
 from mc.config import parse_redis_url
 from mc.proto import gc_mc_pb2 as pb
 from mc.redis.store import RedisFencedStore
 from mc.testing.daemon import McProcess
 from mc.testing.fakegc import FakeGc
+from mc.testing.participant import LoopThread
 from mc.testing.redisproc import RedisProcess
 from tests.helpers import wait_until
 
@@ -94,3 +96,20 @@ def mc_procs(tmp_path, redis, fake_gc):
     yield start
     for mc in started:
         mc.stop()
+
+
+@pytest.fixture
+def events():
+    """Every log event published during the test."""
+    seen = []
+    globalLogPublisher.addObserver(seen.append)
+    yield seen
+    globalLogPublisher.removeObserver(seen.append)
+
+
+@pytest.fixture
+def loop():
+    """An asyncio loop on its own thread, for the participant clients."""
+    thread = LoopThread()
+    yield thread
+    thread.stop()

@@ -21,7 +21,6 @@ import urllib.error
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import grpc
 import kubernetes_validate
 import psutil
 import pytest
@@ -38,6 +37,7 @@ from mc.testing.daemon import TWISTD, McProcess, wait_for
 from mc.testing.fakegc import assign_meeting
 from tests.configs import make_config
 from tests.conftest import E2E_GC_TOKEN, E2E_SERVICE_TOKEN
+from tests.helpers import accepted_with
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -282,15 +282,6 @@ def test_systemd_unit_matches_the_daemon():
 ROTATED_GC_TOKEN = "deploy-rotated-gc-token-V5"
 
 
-def accepted_with(mc, gc_token):
-    try:
-        return assign_meeting(mc.grpc_target, f"rotated-{time.time_ns()}", MH, gc_token,
-                              timeout=2).accepted
-    except grpc.RpcError as e:
-        assert e.code() == grpc.StatusCode.UNAUTHENTICATED, e
-        return False
-
-
 def test_systemd_exec_start_runs_reloads_and_stops_the_mc(tmp_path, redis, fake_gc, launch):
     root = tmp_path / "root"
     env = rooted(unit_environment(), root)
@@ -316,7 +307,7 @@ def test_systemd_exec_start_runs_reloads_and_stops_the_mc(tmp_path, redis, fake_
     staged = tokens.with_name(".gc-tokens.new")
     staged.write_text(f"{E2E_GC_TOKEN}\n{ROTATED_GC_TOKEN}\n")
     staged.rename(tokens)
-    wait_for(lambda: accepted_with(mc, ROTATED_GC_TOKEN), 5, interval=0.2,
+    wait_for(lambda: accepted_with(mc, ROTATED_GC_TOKEN, MH), 5, interval=0.2,
              what="the rotated GC token accepted without a signal")
 
     assign_secret_named_meeting(mc)

@@ -16,7 +16,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor, threads
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 
 from mc.binding import BindingKeys
 from mc.config import Secret, SecretFile
@@ -31,7 +31,7 @@ from mc.proto import gc_mc_pb2_grpc
 from mc.testing.certs import CertificateAuthority, write_self_signed
 from mc.testing.daemon import wait_for
 from mc.testing.fakegc import FakeGc, assign_meeting
-from mc.testing.participant import LoopThread, SyncParticipant
+from mc.testing.participant import SyncParticipant
 from mc.testing.wtclient import connect
 from tests.configs import make_config
 from tests.conftest import E2E_SERVICE_TOKEN
@@ -54,14 +54,6 @@ def copy(pair, onto):
     """Rotate the certificate files of ``onto`` to ``pair``'s content."""
     shutil.copyfile(pair.cert_path, onto.cert_path)
     shutil.copyfile(pair.key_path, onto.key_path)
-
-
-@pytest.fixture
-def events():
-    seen = []
-    globalLogPublisher.addObserver(seen.append)
-    yield seen
-    globalLogPublisher.removeObserver(seen.append)
 
 
 # --- the binding secret, on a Clock ----------------------------------------------
@@ -306,13 +298,6 @@ def fake_gc():
     gc.start()
     yield gc
     gc.stop()
-
-
-@pytest.fixture
-def loop():
-    thread = LoopThread()
-    yield thread
-    thread.stop()
 
 
 class Files:

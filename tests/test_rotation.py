@@ -7,12 +7,11 @@ import os
 import shutil
 import time
 
-import grpc
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 
 from mc.errors import ConfigError, KeyMismatch
 from mc.ops.metrics import Metrics
@@ -21,16 +20,15 @@ from mc.ops.watch import POLL_INTERVAL, FileWatcher, inotify_factory
 from mc.proto import gc_mc_pb2 as pb
 from mc.testing.certs import write_self_signed
 from mc.testing.daemon import wait_for
-from mc.testing.fakegc import FakeGc, assign_meeting
-from mc.testing.participant import LoopThread
+from mc.testing.fakegc import FakeGc
 from mc.testing.wtclient import connect
 from tests.conftest import E2E_GC_TOKEN, E2E_SERVICE_TOKEN
-from tests.helpers import wait_until
+from tests.helpers import accepted_with, wait_until
 
 SWAPPED_TOKEN = "svc-token-swapped-K2"
 REWRITTEN_TOKEN = "svc-token-rewritten-P9"
 NEW_GC_TOKEN = "gc-token-rewritten-J4"
-MH = [("mh-1", "https://mh-1.example:4433", "MH_ROLE_PRIMARY")]
+MH = [("mh-1", "https://mh-1.example:4433", "")]
 PAIR = "MC_TLS_CERT_PATH / MC_TLS_KEY_PATH"
 
 
@@ -52,14 +50,6 @@ def kubelet_swap(directory, files):
             (directory / name).symlink_to(f"..data/{name}")
     if previous:
         shutil.rmtree(directory / previous)
-
-
-@pytest.fixture
-def events():
-    seen = []
-    globalLogPublisher.addObserver(seen.append)
-    yield seen
-    globalLogPublisher.removeObserver(seen.append)
 
 
 # --- the watcher ------------------------------------------------------------------
@@ -240,25 +230,8 @@ def fake_gc():
     gc.stop()
 
 
-@pytest.fixture
-def loop():
-    thread = LoopThread()
-    yield thread
-    thread.stop()
-
-
 def carried(fake_gc, token):
     return any(h.metadata["authorization"] == "Bearer " + token for h in fake_gc.heartbeats())
-
-
-def accepts(mc, gc_token):
-    """An assignment with ``gc_token`` is accepted (not refused UNAUTHENTICATED)."""
-    try:
-        return assign_meeting(mc.grpc_target, f"rot-{time.time_ns()}", MH, gc_token,
-                              timeout=2).accepted
-    except grpc.RpcError as e:
-        assert e.code() == grpc.StatusCode.UNAUTHENTICATED, e
-        return False
 
 
 def test_secrets_rotated_by_symlink_swap_and_by_rewrite_need_no_signal(
@@ -279,9 +252,9 @@ def test_secrets_rotated_by_symlink_swap_and_by_rewrite_need_no_signal(
         f.write(REWRITTEN_TOKEN)
     fake_gc.wait_for(lambda: carried(fake_gc, REWRITTEN_TOKEN), timeout=5)
     gc_tokens.write_text(NEW_GC_TOKEN)  # in place, a plain file
-    wait_for(lambda: accepts(mc, NEW_GC_TOKEN), 5, interval=0.2,
+    wait_for(lambda: accepted_with(mc, NEW_GC_TOKEN, MH), 5, interval=0.2,
              what="the rewritten GC token accepted")
-    assert not accepts(mc, E2E_GC_TOKEN)
+    assert not accepted_with(mc, E2E_GC_TOKEN, MH)
     log = mc.log()
     assert "file change: " in log and "SIGHUP:" not in log
     assert mc.metric('mc_config_reloads_total{outcome="error"}') in (None, 0.0)

@@ -13,7 +13,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, threads
 from twisted.internet.task import deferLater
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent
 
 from mc.config import parse_redis_url
 from mc.errors import ConfigError
@@ -79,14 +79,6 @@ def acl_url(redis, user="mc", password=ACL_PASSWORD):
 
 def logged(events, level=None):
     return [formatEvent(e) for e in events if level is None or e["log_level"] == level]
-
-
-@pytest.fixture
-def events():
-    seen = []
-    globalLogPublisher.addObserver(seen.append)
-    yield seen
-    globalLogPublisher.removeObserver(seen.append)
 
 
 # --- configuration -------------------------------------------------------------
