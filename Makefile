@@ -16,9 +16,11 @@ $(VENV)/.installed: setup.py
 venv: $(VENV)/.installed
 
 # What the tests and the demo run against, from Debian's packages when missing:
-# redis-server (the fleet's Redis), chromium (the browser participant) and
-# systemd-analyze (verifies deploy/systemd/mc.service).
-APT_PACKAGES := redis-server:redis-server chromium:chromium systemd-analyze:systemd
+# redis-server (the fleet's Redis), chromium (the browser participant),
+# systemd-analyze (verifies deploy/systemd/mc.service) and promtool (checks and
+# unit-tests deploy/prometheus/; Debian ships it in the prometheus package).
+APT_PACKAGES := redis-server:redis-server chromium:chromium systemd-analyze:systemd \
+	promtool:prometheus
 system-packages:
 	@missing=""; for pair in $(APT_PACKAGES); do \
 	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
@@ -26,7 +28,8 @@ system-packages:
 	  echo "installing$$missing with apt-get"; \
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	  $(SUDO) systemctl disable --now redis-server >/dev/null 2>&1 || true; fi
+	  for service in redis-server prometheus prometheus-node-exporter; do \
+	    $(SUDO) systemctl disable --now $$service >/dev/null 2>&1 || true; done; fi
 
 test: venv system-packages
 	$(VENV)/bin/ruff check --output-format concise .

@@ -46,7 +46,9 @@ ENV_EXAMPLE = DEPLOY / "systemd" / "mc.env.example"
 KUBERNETES = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
 DASHBOARD = DEPLOY / "grafana" / "mc.json"
 TAC = ROOT / "tac" / "mc.tac"
-CHECKED = {UNIT, ENV_EXAMPLE, DASHBOARD, *KUBERNETES}
+#: Alerting rules, their promtool tests and the PrometheusRule: tests/test_alerts.py.
+PROMETHEUS = sorted((DEPLOY / "prometheus").glob("*.yaml"))
+CHECKED = {UNIT, ENV_EXAMPLE, DASHBOARD, *KUBERNETES, *PROMETHEUS}
 
 #: Where the unit expects the virtualenv; the tests use their own.
 UNIT_PREFIX = "/opt/mc/venv/"
