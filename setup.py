@@ -22,7 +22,9 @@ setup(
         # A C reply parser for txredisapi: the store's round trips are the hot path.
         "hiredis>=2",
         # QUIC, TLS 1.3 and HTTP/3 with WebTransport, sans-I/O: the reactor drives it.
-        "aioquic>=1.2,<2",
+        # Pinned exactly: mc/participants/engine.py reads its private attributes
+        # (checked at start-up); bench/results.md says why not qh3.
+        "aioquic==1.7.2",
         # Meeting tokens: JWS signature and claim checks, EdDSA and ES256 via cryptography.
         "PyJWT[crypto]>=2.8",
         "cryptography>=42",
@@ -42,7 +44,9 @@ setup(
             # deploy/kubernetes/ checked offline: it ships the Kubernetes API's JSON schemas.
             "kubernetes-validate>=1.30",
         ],
-        "bench": ["redis>=5", "pyinstrument", "py-spy"],
+        # qh3 2.x: its compiled QUIC core drives the participant benchmark's load
+        # generators (MC_QUIC_ENGINE=qh3), and the MC on it is measured side by side.
+        "bench": ["redis>=5", "pyinstrument", "py-spy", "qh3==2.1.0"],
     },
     zip_safe=False,
 )

@@ -49,13 +49,14 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from aioquic.h3.connection import H3_ALPN
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import ConnectionTerminated
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from mc.participants.engine import (  # noqa: E402
+    H3_ALPN,
+    ConnectionTerminated,
+    QuicConfiguration,
+    QuicConnection,
+)
 from mc.proto import signaling_pb2 as pb  # noqa: E402
 from mc.testing.wtclient import WebTransportClient  # noqa: E402
 

@@ -8,6 +8,7 @@ repr so they cannot reach a log line.
 
 import base64
 import binascii
+import importlib.util
 import os
 import re
 import secrets
@@ -428,6 +429,32 @@ INSECURE_NO_TLS_ENV = "MC_INSECURE_NO_TLS"
 
 
 @dataclass(frozen=True)
+class EnvSetting:
+    """A setting read from the environment only: what it chooses is bound
+    when a module is imported, before any flag is parsed."""
+
+    env: str
+    default: str
+    choices: tuple
+    help: str
+
+
+QUIC_ENGINE = EnvSetting(
+    "MC_QUIC_ENGINE", "aioquic", ("aioquic", "qh3"),
+    "The QUIC/HTTP-3 engine (mc/participants/engine.py): aioquic in production; qh3 for "
+    "the participant benchmark only")
+
+
+def quic_engine(environ):
+    """MC_QUIC_ENGINE's value, or ConfigError if it names no engine we know."""
+    value = environ.get(QUIC_ENGINE.env) or QUIC_ENGINE.default
+    if value not in QUIC_ENGINE.choices:
+        raise ConfigError(QUIC_ENGINE.env,
+                          f"{value!r} is not one of {', '.join(QUIC_ENGINE.choices)}")
+    return value
+
+
+@dataclass(frozen=True)
 class Config:
     """Validated settings; secrets are ``Secret`` so the repr redacts them."""
 
@@ -466,6 +493,7 @@ class Config:
     cert_pair_grace: float
     log_format: str
     log_level: str
+    quic_engine: str
     service_token: Secret
     gc_tokens: tuple
     binding_secret: Secret
@@ -609,6 +637,9 @@ def load(flags=None, environ=None):
     for name in ("tls_cert", "tls_key"):
         if not os.path.isfile(values[name]):
             raise ConfigError(SETTINGS_BY_NAME[name].option, "file does not exist")
+    values["quic_engine"] = quic_engine(environ)
+    if importlib.util.find_spec(values["quic_engine"]) is None:
+        raise ConfigError(QUIC_ENGINE.env, f"{values['quic_engine']} is not installed")
     values["insecure_no_tls"] = _switch(flags, environ, INSECURE_NO_TLS_FLAG, INSECURE_NO_TLS_ENV)
     _check_tls_files(values)
     values["redis"] = replace(values.pop("redis_url"), ca_path=values.pop("redis_ca"))

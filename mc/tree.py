@@ -22,7 +22,7 @@ from mc.ops.reload import BindingRotation, Reloadable, Reloader
 from mc.ops.watch import FileWatcher
 from mc.ops.web import HealthHttpService
 from mc.ownership import OwnershipService
-from mc.participants.quic import ENGINE as QUIC_ENGINE
+from mc.participants.engine import NAME as QUIC_ENGINE
 from mc.participants.signaling import SignalingSession
 from mc.participants.tokens import TokenVerifier
 from mc.participants.webtransport import WebTransportService, server_configuration

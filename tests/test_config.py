@@ -30,6 +30,7 @@ def test_defaults():
     assert (c.max_meetings, c.max_participants) == (1000, 10000)
     assert (c.shutdown_grace, c.meeting_idle) == (30.0, 300.0)
     assert (c.log_format, c.log_level) == ("text", "info")
+    assert c.quic_engine == "aioquic"
     assert c.service_token.reveal() == "s3cret-service"
     assert [t.reveal() for t in c.gc_tokens] == ["gc-one", "gc-two"]
     assert re.fullmatch(r"mc-[A-Za-z0-9_-]+", c.mc_id)
@@ -88,6 +89,7 @@ def test_advertise_default_follows_grpc_port():
     (["--log-format", "xml"], {}, "--log-format: 'xml' is not one of text, json"),
     (["--log-level", "verbose"], {}, "--log-level: 'verbose' is not one of debug, info, warn"),
     (["--gc-ca-file", "/nonexistent/ca.pem"], {}, "MC_GC_CA_FILE / --gc-ca-file: file does"),
+    ([], {"MC_QUIC_ENGINE": "quiche"}, "MC_QUIC_ENGINE: 'quiche' is not one of aioquic, qh3"),
 ])
 def test_bad_values_name_the_option(args, env, message):
     with pytest.raises(usage.UsageError) as e:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "mc"
-NETWORK = ("grpc", "txredisapi", "aioquic")
+NETWORK = ("grpc", "txredisapi", "aioquic", "qh3")
+ENGINES = ("aioquic", "qh3")
 #: The core: decisions and counts, no network library.
 CORE = ("meetings.py", "assignment.py", "config.py", "errors.py", "interfaces.py",
         "backoff.py", "service.py", "validation.py", "periodic.py", "ownership.py")
@@ -61,3 +62,12 @@ def test_only_tests_bench_and_the_demo_import_mc_testing():
         if "testing" in path.relative_to(ROOT).parts:
             continue
         assert not _uses(_imports(path), "mc.testing"), path
+
+
+def test_only_the_engine_seam_imports_the_quic_engine():
+    for path in _modules():
+        if path == ROOT / "participants" / "engine.py":
+            continue
+        names = _imports(path)
+        for lib in ENGINES:
+            assert not _uses(names, lib), f"{path} imports {lib}, not mc.participants.engine"

@@ -12,7 +12,7 @@ from twisted.internet import defer, reactor, threads
 from zope.interface.verify import verifyObject
 
 from mc.interfaces import IFencedStore, IGcClient, ISystemProbe, ITokenCheck, ITokenVerifier
-from mc.participants.quic import ENGINE as QUIC_ENGINE
+from mc.participants.engine import NAME as QUIC_ENGINE
 from mc.tap import Options, makeService
 from mc.testing.fakegc import FakeGc, assign_meeting
 from tests.configs import PARTICIPANT_ENV, TEST_GC_TOKEN, TEST_SERVICE_TOKEN

@@ -1,5 +1,5 @@
 """WebTransport on the reactor: real UDP on 127.0.0.1, the server on the real
-reactor, aioquic's client (``mc.testing.wtclient``) on its own asyncio thread;
+reactor, the engine's client (``mc.testing.wtclient``) on its own asyncio thread;
 and one in-memory test of the QUIC timers on a ``Clock``."""
 
 import os
@@ -7,12 +7,6 @@ import socket
 
 import pytest
 import pytest_twisted
-from aioquic.buffer import Buffer
-from aioquic.h3.connection import H3_ALPN, H3Connection
-from aioquic.h3.events import HeadersReceived
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
-from aioquic.quic.packet import QuicPacketType, pull_quic_header
 from twisted.internet import reactor, threads
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock, deferLater
@@ -22,6 +16,16 @@ from zope.interface.verify import verifyObject
 from mc.config import Address
 from mc.errors import ConfigError
 from mc.interfaces import ISessionHandler, ISessionTransport
+from mc.participants.engine import (
+    H3_ALPN,
+    Buffer,
+    H3Connection,
+    HeadersReceived,
+    QuicConfiguration,
+    QuicConnection,
+    QuicPacketType,
+    pull_quic_header,
+)
 from mc.participants.quic import QuicEndpoint
 from mc.participants.webtransport import (
     UDP_RECEIVE_BUFFER,

@@ -1,4 +1,5 @@
-"""QUIC on the reactor: one UDP port, many aioquic sans-I/O connections.
+"""QUIC on the reactor: one UDP port, many sans-I/O connections of the engine
+(``mc.participants.engine``: aioquic, or qh3 for the benchmark).
 
 The reactor owns the socket (``listenUDP``); this module does what aioquic's
 asyncio ``QuicServer`` and ``QuicConnectionProtocol`` do, without asyncio:
@@ -20,36 +21,40 @@ monotonic ``now()`` (``reactor.seconds()`` is wall time and can jump).
 import os
 import time
 
-from aioquic.buffer import Buffer
-from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE
-from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import ConnectionIdIssued, ConnectionIdRetired, ConnectionTerminated
-from aioquic.quic.packet import (
-    QuicErrorCode,
-    QuicPacketType,
-    encode_quic_retry,
-    encode_quic_version_negotiation,
-    pull_quic_header,
-)
-from aioquic.quic.retry import QuicRetryTokenHandler
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.internet.error import MessageLengthError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from mc.errors import ConfigError, KeyMismatch
+from mc.participants.engine import (
+    SMALLEST_MAX_DATAGRAM_SIZE,
+    Buffer,
+    ConnectionIdIssued,
+    ConnectionIdRetired,
+    ConnectionTerminated,
+    QuicConnection,
+    QuicErrorCode,
+    QuicPacketType,
+    RetryTokens,
+    encode_quic_retry,
+    encode_quic_version_negotiation,
+    peer_address,
+    pull_quic_header,
+)
 
-#: The QUIC engine's distribution (mc_build_info names it and its version).
-ENGINE = "aioquic"
 CERT_SETTING = "MC_TLS_CERT_PATH"
 KEY_SETTING = "MC_TLS_KEY_PATH"
 
 
 def load_certificate(configuration, cert_path, key_path):
     """Load the PEM certificate chain and its key into ``configuration``, or
-    raise ConfigError naming the setting at fault (never the key's content)."""
+    raise ConfigError naming the setting at fault (never the key's content).
+    Both are checked here first: the engines' own errors name neither."""
     try:
-        configuration.load_cert_chain(cert_path)
+        with open(cert_path, "rb") as f:
+            certificate = x509.load_pem_x509_certificate(f.read())
     except OSError as e:
         raise ConfigError(CERT_SETTING, f"cannot read {cert_path}: {e.strerror}") from None
     except Exception:
@@ -64,9 +69,9 @@ def load_certificate(configuration, cert_path, key_path):
     except Exception:
         raise ConfigError(
             KEY_SETTING, f"{key_path} holds no unencrypted PEM private key") from None
-    if _spki(key.public_key()) != _spki(configuration.certificate.public_key()):
+    if _spki(key.public_key()) != _spki(certificate.public_key()):
         raise KeyMismatch(KEY_SETTING, f"{key_path} is not the key of {cert_path}")
-    configuration.private_key = key
+    configuration.load_cert_chain(cert_path, key_path)
 
 
 def _spki(public_key):
@@ -98,7 +103,7 @@ class QuicLink:
     @property
     def peer(self):
         """The client's ``(host, port)`` as last seen (it can migrate)."""
-        return tuple(self.quic.get_peer_address()[:2])
+        return peer_address(self.quic)
 
     def transmit(self):
         """Have this connection's output sent within this reactor turn."""
@@ -150,7 +155,7 @@ class QuicEndpoint(DatagramProtocol):
         self._configuration = configuration
         self._app_factory = app_factory
         self._accept_new = accept_new
-        self._retry = QuicRetryTokenHandler()
+        self._retry = RetryTokens()
         self._dirty: dict[QuicLink, None] = {}  # insertion-ordered set
         self._flush_call = None
 
@@ -195,14 +200,12 @@ class QuicEndpoint(DatagramProtocol):
                     version=header.version, source_cid=source_cid,
                     destination_cid=header.source_cid,
                     original_destination_cid=header.destination_cid,
-                    retry_token=self._retry.create_token(
-                        address=addr, original_destination_connection_id=header.destination_cid,
-                        retry_source_connection_id=source_cid, now=self.now())), addr)
+                    retry_token=self._retry.create(
+                        addr, header.destination_cid, source_cid, self.now())), addr)
                 return None
             try:
-                original = self._retry.validate_token(
-                    address=addr, destination_cid=header.destination_cid, token=header.token,
-                    now=self.now())
+                original = self._retry.validate(
+                    addr, header.destination_cid, header.token, self.now())
             except ValueError:
                 return None
             retry_source = header.destination_cid

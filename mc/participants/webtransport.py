@@ -1,5 +1,6 @@
-"""WebTransport sessions over aioquic's HTTP/3, one ``WebTransportConnection``
-per QUIC connection, and the service that listens for them.
+"""WebTransport sessions over the engine's HTTP/3 (``mc.participants.engine``),
+one ``WebTransportConnection`` per QUIC connection, and the service that
+listens for them.
 
 A session is an extended CONNECT (``:protocol webtransport``) answered 200;
 the first bidirectional stream the client opens in it is the signalling
@@ -8,7 +9,7 @@ refused. Browsers speak draft02 (Chromium sends its settings and wants
 ``sec-webtransport-http3-draft: draft02`` back), ending a session with a
 CLOSE_WEBTRANSPORT_SESSION capsule or a FIN of the CONNECT stream.
 
-aioquic's ``H3Connection`` parses the CONNECT streams; once a stream is known
+The engine's ``H3Connection`` parses the CONNECT streams; once a stream is known
 to carry WebTransport data (or to be refused), its QUIC events bypass H3 and
 are handled here, which is why H3's entry for it is dropped at that point.
 """
@@ -18,23 +19,34 @@ import socket
 import time
 from enum import Enum
 
-from aioquic.buffer import Buffer, BufferReadError, encode_uint_var
-from aioquic.h3.connection import H3_ALPN, ErrorCode, FrameType, H3Connection, encode_frame
-from aioquic.h3.events import DataReceived, HeadersReceived, WebTransportStreamDataReceived
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import (
-    ProtocolNegotiated,
-    StopSendingReceived,
-    StreamDataReceived,
-    StreamReset,
-)
-from aioquic.quic.packet import QuicErrorCode
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from mc.interfaces import ISessionTransport
+from mc.participants import engine
+from mc.participants.engine import (
+    H3_ALPN,
+    Buffer,
+    BufferReadError,
+    DataReceived,
+    FrameType,
+    H3Connection,
+    HeadersReceived,
+    ProtocolNegotiated,
+    QuicConfiguration,
+    QuicErrorCode,
+    StopSendingReceived,
+    StreamDataReceived,
+    StreamReset,
+    WebTransportStreamDataReceived,
+    encode_frame,
+    encode_uint_var,
+    forget_h3_stream,
+    unacked,
+)
+from mc.participants.engine import H3ErrorCode as ErrorCode
 from mc.participants.quic import QuicEndpoint, describe, load_certificate
 
 IDLE_TIMEOUT = 30.0
@@ -54,23 +66,6 @@ LINGER_POLL = 0.05
 #: Bytes of UDP receive buffer asked for (see _enlarge_receive_buffer).
 UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
 LINGER_MAX = 2.0
-
-
-# The aioquic internals (1.7.2) this module relies on, all of them here.
-
-def _forget_h3_stream(h3, stream_id):
-    """H3Connection keeps an entry per stream until the stream ends in both
-    directions in its own view; a stream whose data bypasses it never does."""
-    h3._stream.pop(stream_id, None)
-
-
-def _unacked(quic, stream_id):
-    """Bytes written on the stream that the peer has not acknowledged: the
-    sender keeps exactly those, from its first unacknowledged offset on."""
-    stream = quic._streams.get(stream_id)
-    if stream is None:  # finished and discarded: everything was acknowledged
-        return 0
-    return stream.sender._buffer_stop - stream.sender._buffer_start
 
 
 def _enlarge_receive_buffer(sock):
@@ -164,7 +159,7 @@ class WebTransportSession:
     def buffered(self):
         if not self.open or self.stream_id is None:
             return 0
-        return _unacked(self._connection.quic, self.stream_id)
+        return unacked(self._connection.quic, self.stream_id)
 
     def write(self, data):
         if self.open and self.stream_id is not None and self.can_send:
@@ -302,7 +297,7 @@ class WebTransportConnection:
                 connect_id, encode_frame(FrameType.DATA, close_capsule()), end_stream=True)
             self.link.transmit()
             return
-        done = stream_id is None or _unacked(self.quic, stream_id) == 0
+        done = stream_id is None or unacked(self.quic, stream_id) == 0
         self._lingering[connect_id] = self.link.call_later(
             LINGER_POLL, self._close_when_read, connect_id, stream_id, deadline, done)
 
@@ -381,13 +376,13 @@ class WebTransportConnection:
                 self.end_session(session, _End.LOST, "CONNECT stream stopped")
         elif isinstance(event, StreamReset) and stream_id % 4 == 0:
             self.quic.reset_stream(stream_id, CANCELLED)
-            _forget_h3_stream(self.h3, stream_id)
+            forget_h3_stream(self.h3, stream_id)
 
     def _new_stream(self, event):
         """The first data of a WebTransport stream: the session's stream if it
         is the session's first bidirectional one, else refused."""
         stream_id = event.stream_id
-        _forget_h3_stream(self.h3, stream_id)
+        forget_h3_stream(self.h3, stream_id)
         session = self.sessions.get(event.session_id)
         bidirectional = stream_id % 4 == 0  # and client-initiated
         if session is not None and session.stream_id is None and bidirectional:
@@ -426,7 +421,7 @@ class WebTransportConnection:
         """Stop reading a stream we are done with (asking the client to stop
         sending, unless ``stop`` is false); what still arrives on it is
         ignored until its receive side ends."""
-        _forget_h3_stream(self.h3, stream_id)
+        forget_h3_stream(self.h3, stream_id)
         if receiving:
             if stop:
                 self.quic.stop_stream(stream_id, CANCELLED)
@@ -476,6 +471,7 @@ class WebTransportService(Service):
         """Load the certificate and bind synchronously: either failing
         raises here (ConfigError naming the setting, CannotListenError), so
         start-up stops."""
+        engine.check()
         configuration = server_configuration(self._cert_path, self._key_path)
         endpoint = QuicEndpoint(configuration, self._connection, self._reactor, now=self._now,
                                 max_pending=self._max_pending)

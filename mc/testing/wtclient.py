@@ -1,4 +1,5 @@
-"""A small WebTransport client on aioquic's asyncio API, for tests.
+"""A small WebTransport client on the engine's asyncio API (aioquic's, or
+qh3's: ``mc.participants.engine``), for tests and the benchmark.
 
 ``await connect(host, port)`` gives a ``WebTransportClient`` (one QUIC
 connection); ``await client.open_session(path, origin)`` sends the extended
@@ -20,13 +21,20 @@ import socket
 import ssl
 import threading
 
-from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.buffer import Buffer, BufferReadError, encode_uint_var
-from aioquic.h3.connection import H3_ALPN, H3Connection
-from aioquic.h3.events import DataReceived, HeadersReceived
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import StreamDataReceived, StreamReset
+from mc.participants.engine import (
+    H3_ALPN,
+    Buffer,
+    BufferReadError,
+    DataReceived,
+    H3Connection,
+    HeadersReceived,
+    QuicConfiguration,
+    QuicConnection,
+    StreamDataReceived,
+    StreamReset,
+    asyncio_protocol,
+    encode_uint_var,
+)
 
 CLOSE_WEBTRANSPORT_SESSION = 0x2843
 
@@ -162,7 +170,7 @@ def _capsule(capsule_type, value):
     return encode_uint_var(capsule_type) + encode_uint_var(len(value)) + value
 
 
-class WebTransportClient(QuicConnectionProtocol):
+class WebTransportClient(asyncio_protocol()):
     """One QUIC connection speaking HTTP/3 with WebTransport."""
 
     def __init__(self, quic, **kwargs):
@@ -170,7 +178,7 @@ class WebTransportClient(QuicConnectionProtocol):
         self.h3 = H3Connection(quic, enable_webtransport=True)
         self.sessions: dict[int, ClientSession] = {}  # by CONNECT stream id
         # WebTransport streams we opened: the server's data on them is raw,
-        # which aioquic's H3 would try to parse as frames.
+        # which the engine's H3 would try to parse as frames.
         self.streams: dict[int, ClientStream] = {}
         self.vanished = False
 
@@ -194,7 +202,8 @@ class WebTransportClient(QuicConnectionProtocol):
     async def close(self, error_code=0, timeout=5.0):
         """Close the QUIC connection with ``error_code`` and wait for the end
         of the closing period."""
-        super().close(error_code=error_code)
+        self._quic.close(error_code=error_code)  # the protocol's close() differs by engine
+        self.transmit()
         await asyncio.wait_for(self.wait_closed(), timeout)
         self._transport.close()
 

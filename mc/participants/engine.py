@@ -1,0 +1,174 @@
+"""The QUIC and HTTP/3 engine: the one module that imports it.
+
+Two engines share aioquic's sans-I/O API: aioquic itself (production, pinned
+in setup.py) and qh3, its fork with compiled cryptography (and, from 2.0, a
+compiled QUIC core), kept as a choice so the participant benchmark can run
+both on the same load. ``MC_QUIC_ENGINE`` (``mc.config.QUIC_ENGINE``) picks
+one when this module is first imported: the participant layer's classes are
+bound at import, so it is read from the environment, not from a flag.
+
+The layer reads a few of the engine's private attributes; the accessors
+below are the only places that do, and ``check()``, run once when the
+WebTransport service starts, verifies every one of them on real objects of
+the engine so that an upgrade that moved one fails start-up with a message
+that names it, rather than the first participant's session.
+"""
+
+import importlib
+import importlib.metadata
+import os
+
+from mc.config import QUIC_ENGINE, quic_engine
+from mc.errors import ConfigError
+
+NAME = quic_engine(os.environ)
+
+#: RFC 9000 14.1: the size a client's first Initial is padded to, and below
+#: which a datagram must not be answered (qh3 1.x does not export it).
+SMALLEST_MAX_DATAGRAM_SIZE = 1200
+
+_BUFFER_MODULE = {"aioquic": "aioquic.buffer", "qh3": "qh3._hazmat"}[NAME]
+
+
+def _import(module):
+    return importlib.import_module(f"{NAME}.{module}")
+
+
+_buffer = importlib.import_module(_BUFFER_MODULE)
+_h3 = _import("h3.connection")
+_h3_events = _import("h3.events")
+_configuration = _import("quic.configuration")
+_connection = _import("quic.connection")
+_events = _import("quic.events")
+_packet = _import("quic.packet")
+_retry = _import("quic.retry")
+
+VERSION = importlib.metadata.version(NAME)
+
+Buffer = _buffer.Buffer
+BufferReadError = _buffer.BufferReadError
+encode_uint_var = _buffer.encode_uint_var
+
+H3_ALPN = _h3.H3_ALPN
+H3Connection = _h3.H3Connection
+H3ErrorCode = _h3.ErrorCode
+FrameType = _h3.FrameType
+encode_frame = _h3.encode_frame
+DataReceived = _h3_events.DataReceived
+HeadersReceived = _h3_events.HeadersReceived
+WebTransportStreamDataReceived = _h3_events.WebTransportStreamDataReceived
+
+QuicConfiguration = _configuration.QuicConfiguration
+QuicConnection = _connection.QuicConnection
+ConnectionIdIssued = _events.ConnectionIdIssued
+ConnectionIdRetired = _events.ConnectionIdRetired
+ConnectionTerminated = _events.ConnectionTerminated
+ProtocolNegotiated = _events.ProtocolNegotiated
+StopSendingReceived = _events.StopSendingReceived
+StreamDataReceived = _events.StreamDataReceived
+StreamReset = _events.StreamReset
+QuicErrorCode = _packet.QuicErrorCode
+QuicPacketType = _packet.QuicPacketType
+encode_quic_retry = _packet.encode_quic_retry
+encode_quic_version_negotiation = _packet.encode_quic_version_negotiation
+pull_quic_header = _packet.pull_quic_header
+
+
+def asyncio_protocol():
+    """The engine's asyncio ``QuicConnectionProtocol``, for clients (tests,
+    the benchmark's load generator); the MC itself runs on the reactor."""
+    return _import("asyncio.protocol").QuicConnectionProtocol
+
+
+class RetryTokens:
+    """Stateless retry tokens (RFC 9000 8.1.2) with one signature whatever
+    the engine: ``create`` a token for a client's address, ``validate`` one
+    back into the original destination connection id (ValueError if it is
+    not ours, not for this address or not for this connection id)."""
+
+    def __init__(self):
+        self._handler = _retry.QuicRetryTokenHandler()
+
+    def create(self, addr, original_cid, retry_source_cid, now):
+        if NAME == "aioquic":
+            return self._handler.create_token(
+                address=addr, original_destination_connection_id=original_cid,
+                retry_source_connection_id=retry_source_cid, now=now)
+        return self._handler.create_token(addr, original_cid, retry_source_cid)
+
+    def validate(self, addr, destination_cid, token, now):
+        if NAME == "aioquic":
+            return self._handler.validate_token(
+                address=addr, destination_cid=destination_cid, token=token, now=now)
+        original_cid, retry_source_cid = self._handler.validate_token(addr, token)
+        if retry_source_cid != destination_cid:
+            raise ValueError("retry token is for another connection id")
+        return original_cid
+
+
+# The private attributes the layer reads: these accessors, and check().
+
+def forget_h3_stream(h3, stream_id):
+    """H3Connection keeps an entry per stream until the stream ends in both
+    directions in its own view; a stream whose data bypasses it never does."""
+    h3._stream.pop(stream_id, None)
+
+
+def unacked(quic, stream_id):
+    """Bytes written on the stream that the client has not acknowledged
+    (aioquic's sender keeps exactly those, from its first unacknowledged
+    offset on). qh3's compiled core tells only the bytes not sent yet: under
+    qh3 this counts those."""
+    if NAME == "qh3":
+        return quic.get_send_buffer_size(stream_id)
+    stream = quic._streams.get(stream_id)
+    if stream is None:  # finished and discarded: everything was acknowledged
+        return 0
+    return stream.sender._buffer_stop - stream.sender._buffer_start
+
+
+def peer_address(quic):
+    """The client's ``(host, port)`` as last seen (it can migrate); qh3's
+    compiled core keeps it in a private attribute."""
+    if NAME == "qh3":
+        return tuple(quic._remote_addr[:2])
+    return tuple(quic.get_peer_address()[:2])
+
+
+def _probes():
+    """A client-side connection, its H3 layer and a stream of the engine:
+    real objects to look the private attributes up on."""
+    quic = QuicConnection(configuration=QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN))
+    probes = {"QuicConnection": quic, "H3Connection": H3Connection(quic, enable_webtransport=True)}
+    if NAME == "aioquic":
+        probes["QuicStream.sender"] = _import("quic.stream").QuicStream(stream_id=0).sender
+    return probes
+
+
+#: What each engine must have, by probe: the names the accessors above use.
+REQUIRED = {
+    "aioquic": {
+        "QuicConnection": ("_streams", "get_peer_address"),
+        "H3Connection": ("_stream",),
+        "QuicStream.sender": ("_buffer_start", "_buffer_stop"),
+    },
+    "qh3": {
+        "QuicConnection": ("get_send_buffer_size", "_remote_addr"),
+        "H3Connection": ("_stream",),
+    },
+}
+
+
+def check(required=None):
+    """Raise ConfigError naming the engine, its version and every attribute
+    the layer relies on that it no longer has. ``required`` defaults to this
+    engine's entry of REQUIRED."""
+    required = REQUIRED[NAME] if required is None else required
+    probes = _probes()
+    missing = [f"{what}.{attr}" for what, attrs in required.items()
+               for attr in attrs if not hasattr(probes[what], attr)]
+    if missing:
+        raise ConfigError(
+            QUIC_ENGINE.env,
+            f"{NAME} {VERSION} lacks {', '.join(missing)}, which the participant layer "
+            f"relies on: use the version setup.py pins, or port mc/participants/engine.py")
