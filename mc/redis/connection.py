@@ -4,9 +4,10 @@ pushes, and whether Redis is usable right now.
 
 Usable follows Redis's answers, not the sockets: a frozen Redis (SIGSTOP, a
 stalled host) keeps every connection open and answers nothing. So a liveness
-probe of its own (PING with a short timeout, every ``probe_period()``
-seconds) and the first reply timeout of any command mark Redis down at once,
-and fail the operations in flight; the first answer to a probe (or a new
+probe on a connection of its own (PING with a short timeout, every
+``probe_period()`` seconds, never queued behind a pooled command) and the
+first reply timeout of any command mark Redis down at once, and fail the
+operations in flight; the first answer to a probe (or a new
 connection, whose set-up Redis answered) brings it back.
 
 txredisapi uses the global reactor for its own timers (reconnect backoff,
@@ -26,6 +27,7 @@ from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFrom
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mc.backoff import redis_reconnect_policy
 from mc.errors import ConfigError, StoreError, StoreUnavailable
 from mc.periodic import PeriodicCall
 
@@ -66,15 +68,24 @@ def probe_period(fast_interval):
 
 
 class _Hooks:
-    """Tells the owner whenever a connection joins or leaves the pool."""
-
-    #: Reconnect at least every 2 s (txredisapi's default grows to 10 s): a
-    #: Redis back from a restart or a freeze is used again within 2 s.
-    maxDelay = 2.0
+    """Tells the owner whenever a connection joins or leaves the pool, and
+    keeps every connection coming back: txredisapi stops reconnecting a
+    whole pool for good when one connection's set-up (AUTH, SELECT) fails
+    or times out; here that connection is dropped and retried with the
+    one backoff (mc/backoff.py) for as long as the MC runs."""
 
     def __init__(self, owner, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.owner = owner
+        self._delay = redis_reconnect_policy()
+
+    def retryDelay(self, attempt):
+        return self._delay(max(0, attempt - 1))
+
+    def stopTrying(self):
+        # Only txredisapi's set-up failure path calls this (we stop with
+        # disconnect()): the connection is closed and its slot reconnects.
+        return defer.succeed(None)
 
     def addConnection(self, conn):
         super().addConnection(conn)
@@ -168,6 +179,8 @@ class RedisConnection:
         self._trust = None  # the CAs of a TLS Redis, None for the system's roots
         self._sentinel = None
         self._factory = None
+        self._prober = None  # the liveness probe's own connection
+        self._unprobed_since = None  # since when the probe has had no connection
         self._subscriber = None
         self._channel = None  # (channel, on_message) once listen() was called
         self._answering = True
@@ -213,6 +226,9 @@ class RedisConnection:
             # sentinel names a healthy primary, and waiting 10 s for that is too long.
             self._sentinel.discovery_timeout = 1.0
         self._factory = self._open(_Factory, _SentinelFactory, self._pool_size)
+        # Its own connection: a PING queued behind a blocking command (WAIT)
+        # on a pooled one would judge a healthy Redis dead.
+        self._prober = self._open(_Factory, _SentinelFactory, 1)
         if self._channel is not None:
             self._subscriber = self._open(_SubscriberFactory, _SentinelSubscriberFactory, 1)
         self._probe.start()
@@ -221,10 +237,10 @@ class RedisConnection:
     def stop(self):
         """Close everything; fires once the connections are closed."""
         stopped = [self._probe.stop()]
-        for factory in (self._factory, self._subscriber, self._sentinel):
+        for factory in (self._factory, self._prober, self._subscriber, self._sentinel):
             if factory is not None:
                 stopped.append(factory.disconnect())
-        self._factory = self._subscriber = self._sentinel = None
+        self._factory = self._prober = self._subscriber = self._sentinel = None
         self._changed()
         d = defer.DeferredList(stopped, consumeErrors=True)
         return d.addCallback(lambda _: None)
@@ -245,8 +261,7 @@ class RedisConnection:
             factory = plain(self, f"{t.host}:{t.port}", t.db, poolsize, **self._options)
             factory.reconnect = True
             factory.startConnecting(self._endpoint())
-        # Set up (AUTH, SELECT) refused: txredisapi stops reconnecting for good.
-        factory.deferred.addErrback(self._setup_refused)
+        factory.deferred.addErrback(self._setup_failed)
         return factory
 
     def _endpoint(self):
@@ -264,11 +279,9 @@ class RedisConnection:
             return None
         return optionsForClientTLS(host, trustRoot=self._trust)
 
-    def _setup_refused(self, failure):
-        self.log.error(
-            "Redis {target} refused the connection setup, no longer reconnecting: {why}",
-            target=str(self.target), why=failure.getErrorMessage(),
-        )
+    def _setup_failed(self, failure):
+        self.log.warn("Redis {target}: a connection's set-up failed ({why}); retrying",
+                      target=str(self.target), why=failure.getErrorMessage())
 
     # --- operations ---------------------------------------------------------
 
@@ -311,16 +324,26 @@ class RedisConnection:
     # --- up and down ----------------------------------------------------------
 
     def _probe_once(self):
-        """PING; fires when answered or judged late (never fails)."""
-        if self._factory is None or not self._factory.pool:
+        """PING; fires when answered or judged late (never fails). Without
+        a connection for a whole probe timeout (each set-up unanswered or
+        refused), Redis is not answering either."""
+        if self._prober is None:
             return None
         timeout = min(PROBE_MAX_TIMEOUT, self._probe_every())
+        if not self._prober.pool:
+            now = self._reactor.seconds()
+            if self._unprobed_since is None:
+                self._unprobed_since = now
+            elif now - self._unprobed_since >= timeout:
+                self._not_answering("no connection for the liveness probe")
+            return None
+        self._unprobed_since = None
         judged = defer.Deferred()
         # At the deadline, one more reactor turn first: a reactor that was
         # busy may not have read a PONG that is already there.
         late = self._reactor.callLater(timeout, self._reactor.callLater, 0, self._probe_late,
                                        judged, timeout)
-        ping = self._factory.getConnection(peek=True)
+        ping = self._prober.getConnection(peek=True)
         ping.addCallback(lambda conn: conn.ping())
         ping.addBoth(self._probe_answered, judged, late)
         return judged
@@ -337,6 +360,8 @@ class RedisConnection:
                 self._changed()
         elif reply.check(txredisapi.ResponseError):  # LOADING, BUSY, ...
             self._not_answering(f"PING answered {reply.getErrorMessage()}")
+        elif reply.check(txredisapi.TimeoutError, defer.TimeoutError):
+            self._not_answering("no answer to a liveness probe (PING)")
         # A lost connection is the pool's news (_pool_changed).
 
     def _probe_late(self, judged, timeout):
@@ -362,6 +387,8 @@ class RedisConnection:
             if added is not None:
                 self._subscribe(added)
             return
+        if factory is self._prober:
+            return  # what counts is the answers to its PINGs
         if added is not None:
             self._answering = True  # Redis answered the connection's set-up
         self._changed()
