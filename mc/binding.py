@@ -3,10 +3,11 @@ place back, and nobody else.
 
 A token is a fresh nonce and an HMAC-SHA256 over the correlation id, the
 participant id and that nonce, keyed per meeting by HKDF-SHA256(secret,
-salt=meeting id, info="session-binding"). Only the latest nonce of a
-participant is kept, so an older token never works again. Verification tries
-the current secret and then the previous ones (a rotation keeps reconnects
-working), each compared in constant time.
+salt=meeting id, info="session-binding"). The participant keeps a ``Proof``
+of its latest token only: that nonce and the meeting key that signed it. So
+an older token never works again, and a rotated secret goes on verifying
+exactly as long as some participant still holds a token it signed (the key
+lives in those proofs, and nowhere else once the secret is replaced).
 """
 
 import base64
@@ -35,46 +36,49 @@ def _b64(raw):
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-class BindingKeys:
-    """Issues and checks binding tokens. ``secrets`` are raw bytes, newest
-    first; only the newest signs."""
+class Proof:
+    """What a participant keeps of its latest binding token: the nonce and
+    the meeting key of the secret that signed it."""
 
-    def __init__(self, *keys):
-        if not keys:
-            raise ValueError("at least one binding secret is needed")
-        self._secrets = tuple(keys)
+    __slots__ = ("nonce", "_key")
+
+    def __init__(self, nonce, key):
+        self.nonce = nonce
+        self._key = key
 
     def __repr__(self):
-        return f"<BindingKeys {len(self._secrets)} secrets, redacted>"
+        return "<binding Proof, redacted>"
 
-    def rotated(self, new_secret):
-        """The keys after a rotation: ``new_secret`` signs, the one it
-        replaces still verifies."""
-        return BindingKeys(new_secret, self._secrets[0])
-
-    def issue(self, meeting_id, correlation_id, participant_id):
-        """``(token, nonce)``: keep the nonce; only its token verifies."""
-        nonce = secrets.token_bytes(NONCE_BYTES)
-        mac = _mac(_meeting_key(self._secrets[0], meeting_id), correlation_id, participant_id,
-                   nonce)
-        return _b64(nonce + mac), nonce
-
-    def verify(self, token, meeting_id, correlation_id, participant_id, nonce):
-        """True when ``token`` was issued with ``nonce`` for these ids."""
+    def verify(self, token, correlation_id, participant_id):
+        """True when ``token`` is the one this proof was issued with, for
+        these ids (compared in constant time)."""
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except (ValueError, TypeError):
             return False
-        if len(raw) != NONCE_BYTES + MAC_BYTES or nonce is None:
+        if len(raw) != NONCE_BYTES + MAC_BYTES:
             return False
-        ok = hmac.compare_digest(raw[:NONCE_BYTES], nonce)
-        for secret in self._secrets:
-            expected = _mac(_meeting_key(secret, meeting_id), correlation_id, participant_id,
-                            nonce)
-            ok_mac = hmac.compare_digest(raw[NONCE_BYTES:], expected)
-            if ok and ok_mac:
-                return True
-        return False
+        ok_nonce = hmac.compare_digest(raw[:NONCE_BYTES], self.nonce)
+        expected = _mac(self._key, correlation_id, participant_id, self.nonce)
+        return hmac.compare_digest(raw[NONCE_BYTES:], expected) and ok_nonce
+
+
+class BindingKeys:
+    """Issues binding tokens with one secret (raw bytes)."""
+
+    def __init__(self, secret):
+        if not secret:
+            raise ValueError("a binding secret is needed")
+        self._secret = secret
+
+    def __repr__(self):
+        return "<BindingKeys, redacted>"
+
+    def issue(self, meeting_id, correlation_id, participant_id):
+        """``(token, proof)``: keep the proof; only its token verifies."""
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        key = _meeting_key(self._secret, meeting_id)
+        return _b64(nonce + _mac(key, correlation_id, participant_id, nonce)), Proof(nonce, key)
 
 
 def new_correlation_id():

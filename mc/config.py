@@ -370,13 +370,19 @@ SETTINGS = (
     Setting("token_audience", "MC_TOKEN_AUDIENCE", "token-audience", None, None,
             "Required 'aud' of meeting tokens [default: not checked]"),
     Setting("clock_skew", "MC_CLOCK_SKEW_SECONDS", "clock-skew", 5.0, _seconds(0, 300),
-            "Seconds of clock skew allowed on a meeting token's exp and iat"),
+            "Seconds of clock skew allowed on a meeting token's exp, iat and nbf"),
+    Setting("max_token_lifetime", "MC_MAX_TOKEN_LIFETIME_SECONDS", "max-token-lifetime",
+            86400.0, _seconds(1, 30 * 86400),
+            "Longest a meeting token may be valid (exp - iat); a longer one is refused"),
     Setting("max_participants_per_meeting", "MC_MAX_PARTICIPANTS_PER_MEETING",
             "max-participants-per-meeting", 1000, _int_range(1, MAX_UINT31),
             "Most participants in one meeting"),
     Setting("max_pending_sessions", "MC_MAX_PENDING_SESSIONS", "max-pending-sessions", 1000,
             _int_range(1, MAX_UINT31), "Most WebTransport connections that have not joined yet "
             "(past half of it, new clients must answer a QUIC retry first)"),
+    Setting("max_pending_per_address", "MC_MAX_PENDING_SESSIONS_PER_ADDRESS",
+            "max-pending-per-address", 20, _int_range(1, MAX_UINT31),
+            "Most WebTransport connections that have not joined yet from one IP address"),
     Setting("disconnect_grace", "MC_DISCONNECT_GRACE_PERIOD_SECONDS", "disconnect-grace", 30.0,
             _seconds(0, 3600), "Seconds a participant whose connection was lost keeps its place"),
     Setting("health_listen", "MC_HEALTH_BIND_ADDRESS", "health-listen", "0.0.0.0:8081",
@@ -476,8 +482,10 @@ class Config:
     jwks_url: str
     token_audience: str
     clock_skew: float
+    max_token_lifetime: float
     max_participants_per_meeting: int
     max_pending_sessions: int
+    max_pending_per_address: int
     disconnect_grace: float
     health_listen: Address
     max_meetings: int

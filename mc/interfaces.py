@@ -115,25 +115,36 @@ class ISessionTransport(Interface):
     ``mc.participants.webtransport``; called on the reactor thread only."""
 
     peer = Attribute("The client's ``(host, port)``, for logs.")
+    state = Attribute("The session's ``SessionState`` (``mc.participants.session_state``): "
+                      "the one place that says where it is.")
     stream_open = Attribute("True once the client has opened its bidirectional stream.")
+    join_within = Attribute("Seconds left before the connection is closed for having no "
+                            "joined session; None once joined.")
     buffered = Attribute("Bytes written on the stream that the client has not yet "
                          "acknowledged (queued, or sent and unacknowledged).")
 
     def write(data):
         """Queue ``data`` on the client's stream; it leaves within this reactor
-        turn. Ignored before the stream exists or after the session ended."""
+        turn. Ignored before the stream exists or after the session ended; a
+        stream the client stopped loses the session (``session_closed(False)``)."""
+
+    def joining():
+        """A JoinRequest arrived: its token is being checked (AWAITING_JOIN -> JOINING)."""
 
     def joined():
-        """The session's participant was admitted: its connection no longer
-        counts against the cap on connections that have not joined."""
+        """The session's participant was admitted (JOINING -> JOINED): its
+        connection no longer counts against the caps on connections that
+        have not joined."""
 
     def finish():
         """Send what is queued, FIN the stream and close the session cleanly
-        (CLOSE_WEBTRANSPORT_SESSION). The handler then gets ``session_closed(True)``."""
+        (CLOSE_WEBTRANSPORT_SESSION). The handler then gets ``session_closed(True)``.
+        Ignored once the session ended."""
 
     def abort():
         """Drop the session at once, queued data included (a client that does
-        not read). The handler then gets ``session_closed(False)``."""
+        not read). The handler then gets ``session_closed(False)``. Ignored
+        once the session ended."""
 
 
 class ISessionHandler(Interface):
@@ -176,6 +187,9 @@ class IParticipantSink(Interface):
     """Where a meeting delivers what one participant must hear; the
     signalling session implements it. Events (``mc.meetings``) are shared by
     every recipient of one fan-out, so an encoding may be cached on them."""
+
+    closed = Attribute("True once the session is over: a join or reconnect whose token "
+                       "check ends after that commits nothing.")
 
     def deliver(event):
         """Send ``event`` (Joined, Left, MuteChanged or Redirect) to the

@@ -46,6 +46,10 @@ class Redirected(Exception):
         self.reason = reason
 
 
+class Gone(Exception):
+    """The session closed while its token was checked: nothing was done."""
+
+
 class Admission:
     """What a ``JoinResponse`` says, read off the meeting at the moment of
     admission (so it matches the ``ParticipantJoined`` the others got)."""
@@ -93,6 +97,7 @@ class JoinService(Service):
         self._in_grace = {}  # Participant -> its DelayedCall
         self._outcomes = {o: metrics.joins.labels(o) for o in OUTCOMES}
         self._reconnects = {o: metrics.reconnects.labels(o) for o in RECONNECT_OUTCOMES}
+        registry.on_removed(self._meeting_removed)
 
     def connected(self):
         """Participants with a session open now (a shutdown waits for none):
@@ -123,15 +128,20 @@ class JoinService(Service):
         except Redirected:
             self._outcomes["redirected"].inc()
             raise
+        except Gone:
+            self.log.debug("join to {meeting_id} dropped: its session closed during the token "
+                           "check", meeting_id=meeting_id)
+            raise
         self._outcomes["accepted"].inc()
         if reconnect:
             self._reconnects["accepted"].inc()
         self._metrics.join_duration.observe(self._perf_counter() - started)
         return admission
 
-    async def _hosted_for(self, meeting_id, token):
+    async def _hosted_for(self, meeting_id, token, sink):
         """The token's claims and the meeting, checked in the contract's
-        order: token, hosted here, not draining."""
+        order: token, hosted here, not draining. A session that closed while
+        its token was checked gets ``Gone``: nothing is committed for it."""
         try:
             claims = await self._verifier.verify(token, meeting_id)
         except InvalidToken as e:
@@ -141,6 +151,8 @@ class JoinService(Service):
         except NoJwks:
             raise Refused("INTERNAL_ERROR", "meeting tokens cannot be checked yet",
                           "error") from None
+        if sink.closed:
+            raise Gone()
         meeting = self._registry.get(meeting_id)
         if meeting is None:
             raise Refused("NOT_FOUND", "meeting not hosted here", "not_found")
@@ -153,7 +165,16 @@ class JoinService(Service):
         return claims, meeting
 
     async def _join(self, meeting_id, token, name, sink):
-        claims, meeting = await self._hosted_for(meeting_id, token)
+        claims, meeting = await self._hosted_for(meeting_id, token, sink)
+        jti = claims["jti"]
+        holder = meeting.holder_of(jti)
+        if holder is not None:
+            # The token's place is taken: by this client, whose JoinResponse
+            # was lost. The place is handed over; nobody else sees anything.
+            self.log.debug("meeting token of participant {participant_id} used again: "
+                           "its place moves to the new session",
+                           participant_id=holder.participant_id, meeting_id=meeting_id)
+            return self._take_place(holder, sink)
         trimmed = valid_name(name)
         try:
             self._registry.check_room(meeting)
@@ -161,7 +182,7 @@ class JoinService(Service):
                 raise Refused("INVALID_REQUEST", "participant_name must be 1-256 bytes of UTF-8",
                               "invalid")
             p = meeting.admit(claims["sub"], trimmed, sink, self._clock.seconds(),
-                              new_participant_id)
+                              new_participant_id, jti)
         except AtCapacity as e:
             whose = "meeting" if e.resource == "meeting" else "MC"
             raise Refused("CAPACITY_EXCEEDED", f"the {whose} is full", "capacity") from None
@@ -175,26 +196,31 @@ class JoinService(Service):
         """The same participant on a new session: its latest binding token,
         a fresh meeting token for the same ``sub``, within the grace (or
         while the old session still looks open). The others see nothing."""
-        claims, meeting = await self._hosted_for(meeting_id, token)
+        claims, meeting = await self._hosted_for(meeting_id, token, sink)
         p = next((o for o in meeting.participants if o.correlation_id == correlation_id), None)
-        if (p is None or p.sub != claims["sub"]
-                or not self.binding.verify(binding_token, meeting_id, correlation_id,
-                                           p.participant_id, p.nonce)):
+        if (p is None or p.sub != claims["sub"] or p.proof is None
+                or not p.proof.verify(binding_token, correlation_id, p.participant_id)
+                or not meeting.bind_token(p, claims["jti"])):
             self.log.info("reconnect to meeting {meeting_id} refused", meeting_id=meeting_id)
             raise Refused("UNAUTHORIZED", "invalid binding", "unauthorized")
+        self.log.debug("participant {participant_id} reconnected to meeting {meeting_id}",
+                      participant_id=p.participant_id, meeting_id=meeting_id)
+        return self._take_place(p, sink)
+
+    def _take_place(self, p, sink):
+        """``p`` goes on in the session of ``sink``: its grace ends, an old
+        session still open is closed without the participant leaving."""
         self._end_grace(p)
         old, p.sink = p.sink, sink
         if old is not None and old is not sink:
             old.deliver(Replaced())
-        self.log.debug("participant {participant_id} reconnected to meeting {meeting_id}",
-                      participant_id=p.participant_id, meeting_id=meeting_id)
         return self._admission(p)
 
     def _admission(self, p):
         """A JoinResponse's content, with a new binding token (the previous
         one stops working now)."""
         meeting = p.meeting
-        token, p.nonce = self.binding.issue(meeting.meeting_id, p.correlation_id,
+        token, p.proof = self.binding.issue(meeting.meeting_id, p.correlation_id,
                                             p.participant_id)
         others = tuple(o for o in meeting.participants if o is not p)
         return Admission(p, others, meeting.media_servers, p.correlation_id, token)
@@ -225,6 +251,12 @@ class JoinService(Service):
                       "connection; holding its place for {grace:g}s",
                       participant_id=p.participant_id, meeting_id=p.meeting.meeting_id,
                       grace=self._grace)
+
+    def _meeting_removed(self, meeting):
+        """A meeting no longer hosted (ended, or lost to another MC): its
+        participants' graces end with it, as do their places."""
+        for p in [p for p in self._in_grace if p.meeting is meeting]:
+            self._end_grace(p)
 
     def _grace_over(self, p):
         self._in_grace.pop(p, None)

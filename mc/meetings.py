@@ -10,6 +10,7 @@ from collections import OrderedDict, namedtuple
 
 from twisted.logger import Logger
 
+log = Logger()
 Snapshot = namedtuple("Snapshot", "meetings participants max_meetings max_participants")
 
 
@@ -96,9 +97,10 @@ class Participant:
     the participant is disconnected and holds its place (the grace)."""
 
     __slots__ = ("participant_id", "user_id", "sub", "name", "joined_at_ms", "audio_muted",
-                 "video_muted", "sink", "meeting", "correlation_id", "nonce")
+                 "video_muted", "sink", "meeting", "correlation_id", "proof", "jti")
 
-    def __init__(self, meeting, participant_id, user_id, sub, name, joined_at_ms, sink):
+    def __init__(self, meeting, participant_id, user_id, sub, name, joined_at_ms, sink,
+                 jti=None):
         self.meeting = meeting
         self.participant_id = participant_id
         self.user_id = user_id
@@ -108,8 +110,9 @@ class Participant:
         self.audio_muted = False
         self.video_muted = False
         self.sink = sink
-        self.correlation_id = ""  # with the nonce of its latest binding token:
-        self.nonce = None  # what a reconnect must prove
+        self.correlation_id = ""  # with the proof of its latest binding token:
+        self.proof = None  # what a reconnect must prove
+        self.jti = jti  # the meeting token whose place this is
 
     @property
     def muted(self):
@@ -127,7 +130,7 @@ class Meeting:
 
     __slots__ = (
         "meeting_id", "generation", "mh_assignments", "created_at", "ending",
-        "_idle_since", "_participants", "_registry", "_next_user_id",
+        "_idle_since", "_participants", "_by_jti", "_registry", "_next_user_id",
     )
 
     def __init__(self, registry, meeting_id, generation, mh_assignments, now):
@@ -139,6 +142,7 @@ class Meeting:
         self.ending = False  # its end is in flight: joins are refused
         self._idle_since = now
         self._participants = _NOBODY
+        self._by_jti = _NOBODY  # meeting token jti -> the participant holding its place
         self._next_user_id = 1
 
     @property
@@ -176,10 +180,30 @@ class Meeting:
     def participant(self, participant_id):
         return self._participants.get(participant_id)
 
-    def admit(self, sub, name, sink, now, new_id):
-        """Add a participant and tell everyone else; raise AtCapacity when
-        the meeting or the MC is full. ``new_id()`` makes a participant id;
-        one already in use here is drawn again."""
+    def holder_of(self, jti):
+        """The participant (connected or in its grace) whose place the
+        meeting token ``jti`` holds, or None."""
+        return self._by_jti.get(jti)
+
+    def bind_token(self, p, jti):
+        """``p`` now holds its place with the meeting token ``jti`` (a
+        reconnect's fresh token); False when another participant holds it."""
+        holder = self._by_jti.get(jti)
+        if holder is not None and holder is not p:
+            return False
+        if self._by_jti is _NOBODY:
+            self._by_jti = {}
+        if self._by_jti.get(p.jti) is p:
+            del self._by_jti[p.jti]
+        p.jti = jti
+        self._by_jti[jti] = p
+        return True
+
+    def admit(self, sub, name, sink, now, new_id, jti=None):
+        """Add a participant holding the place of meeting token ``jti`` and
+        tell everyone else; raise AtCapacity when the meeting or the MC is
+        full. ``new_id()`` makes a participant id; one already in use here
+        is drawn again."""
         if self._registry is None:
             raise UnknownMeeting(self.meeting_id)
         self._registry.check_room(self)
@@ -192,6 +216,8 @@ class Meeting:
         if self._participants is _NOBODY:
             self._participants = {}
         self._participants[participant_id] = p
+        if jti is not None:
+            self.bind_token(p, jti)
         self.idle_since = None
         self._registry._participants_changed(1)
         self._fan_out(Joined(p), but=p)
@@ -206,6 +232,8 @@ class Meeting:
         if self._participants.get(p.participant_id) is not p:
             return False
         del self._participants[p.participant_id]
+        if self._by_jti.get(p.jti) is p:
+            del self._by_jti[p.jti]
         p.sink = None
         if not self._participants:
             self.idle_since = now
@@ -228,16 +256,24 @@ class Meeting:
         for p in [p for p in self._participants.values() if p.sink is not None]:
             sink = p.sink
             self._remove(p, now)
-            sink.deliver(event)
+            _deliver(sink, event)
 
     def _fan_out(self, event, but=None):
         for other in list(self._participants.values()):
             if other is not but and other.sink is not None:
-                other.sink.deliver(event)
+                _deliver(other.sink, event)
 
     def __repr__(self):
         return (f"<Meeting {self.meeting_id} generation={self.generation} "
                 f"participants={len(self._participants)}>")
+
+
+def _deliver(sink, event):
+    """One recipient of a fan-out: its failure never stops the others."""
+    try:
+        sink.deliver(event)
+    except Exception:
+        log.failure("delivering {event} failed", event=type(event).__name__)
 
 
 class Reservation:
@@ -269,6 +305,7 @@ class MeetingRegistry:
         self._pending = {}
         self._participants = 0
         self._observers = []
+        self._removal_observers = []
         self._was_full = False
 
     def snapshot(self):
@@ -287,6 +324,11 @@ class MeetingRegistry:
     def on_capacity_change(self, observer):
         """Call ``observer(full)`` whenever ``full`` flips."""
         self._observers.append(observer)
+
+    def on_removed(self, observer):
+        """Call ``observer(meeting)`` whenever a meeting stops being hosted
+        (ended, or lost to another MC)."""
+        self._removal_observers.append(observer)
 
     def get(self, meeting_id):
         return self._meetings.get(meeting_id)
@@ -340,6 +382,11 @@ class MeetingRegistry:
         self._idle.pop(meeting_id, None)
         m._registry = None  # its participants' leaves no longer count here
         self._check_full()
+        for observer in list(self._removal_observers):
+            try:
+                observer(m)
+            except Exception:
+                self.log.failure("meeting removal observer failed")
         return m
 
     def idle(self, idle_seconds):

@@ -95,14 +95,16 @@ def build_tree(config, reactor):
     store.recover_on_connect(config.mc_id, assignment.recovered)
     root.tokens = tokens = TokenVerifier(
         config.jwks_url, config.token_audience, config.clock_skew, reactor,
-        on_refresh=lambda outcome: metrics.jwks_refreshes.labels(outcome).inc())
+        on_refresh=lambda outcome: metrics.jwks_refreshes.labels(outcome).inc(),
+        max_lifetime=config.max_token_lifetime)
     root.joins = joins = JoinService(registry, health, tokens, reactor, metrics,
                                      config.disconnect_grace,
                                      BindingKeys(config.binding_secret.reveal()))
     root.webtransport = WebTransportService(
         config.webtransport_listen, config.tls_cert, config.tls_key, config.webtransport_path,
         config.allowed_origins, lambda peer: SignalingSession(joins, reactor, peer), reactor,
-        max_pending=config.max_pending_sessions)
+        max_pending=config.max_pending_sessions,
+        max_pending_per_host=config.max_pending_per_address)
     token_check = AllowAll() if config.insecure_no_auth else TokenCheck(config.gc_tokens)
     grpc_tls = ServerTls(config.grpc_tls_cert, config.grpc_tls_key,
                          config.grpc_tls_client_ca) if config.grpc_tls else None
@@ -148,9 +150,8 @@ def _reloadables(root, grpc_tls):
     items = []
     for source in config.secret_files:
         if source.name == "binding_secret":
-            rotation = BindingRotation(root.joins, config.binding_secret, root.reactor,
-                                       config.disconnect_grace)
-            items.append(Reloadable(source.option, source.read, rotation.rotate, rotation.stop,
+            rotation = BindingRotation(root.joins, config.binding_secret)
+            items.append(Reloadable(source.option, source.read, rotation.rotate,
                                     paths=(source.path,)))
         elif source.name != "gc_tokens" or not config.insecure_no_auth:
             items.append(Reloadable(source.option, source.read, apply[source.name],

@@ -49,10 +49,11 @@ class Rig:
         self.registry.on_capacity_change(self.full_flips.append)
 
     def session(self, open_stream=True):
-        s = SignalingSession(self.joins, self.clock, ("127.0.0.1", 1))
+        s = SignalingSession(self.joins, self.clock, ("127.0.0.1", 1), now=self.clock.seconds)
         t = RecordingTransport(s)
         s.session_opened(t)
-        t.stream_open = open_stream
+        if open_stream:
+            t.open_stream()
         return s, t
 
     def join(self, name="Ann", sub=None, meeting_id="m-1", token=None):
@@ -320,13 +321,39 @@ def test_rate_limit_20_per_second_then_closed():
     for _ in range(19):
         send(ann, pb.ClientMessage(mute_request=pb.MuteRequest()))
     assert not t.finished
-    rig.clock.advance(0.1)  # two more tokens
-    for _ in range(2):
-        send(ann, pb.ClientMessage(mute_request=pb.MuteRequest()))
-    assert not t.finished
+    rig.clock.advance(0.999)  # still within the second of the first 20
     send(ann, pb.ClientMessage(mute_request=pb.MuteRequest()))
     assert error_of(t) == ("INVALID_REQUEST", "rate") and t.finished
     assert rig.registry.snapshot().participants == 0
+
+
+def test_the_rate_is_a_sliding_window_not_a_bucket():
+    """39 messages within one second, spread so a bucket of 20 refilling at
+    20/s lets all through: the 21st within any second closes the session."""
+    rig = Rig()
+    ann, t = rig.join("Ann")
+    sent = 1
+    rig.clock.advance(0.5)
+    for _ in range(19):  # 20 in the first half second
+        send(ann, pb.ClientMessage(mute_request=pb.MuteRequest()))
+        sent += 1
+    assert not t.finished
+    for _ in range(19):  # 19 more before the second is over
+        rig.clock.advance(0.025)
+        send(ann, pb.ClientMessage(mute_request=pb.MuteRequest()))
+        sent += 1
+        if t.finished:
+            break
+    assert error_of(t) == ("INVALID_REQUEST", "rate") and sent == 21
+
+
+def test_twenty_a_second_for_ever_is_allowed():
+    rig = Rig()
+    ann, t = rig.join("Ann")
+    for _ in range(200):
+        rig.clock.advance(0.051)
+        send(ann, pb.ClientMessage(mute_request=pb.MuteRequest()))
+    assert not t.finished
 
 
 def test_a_participant_that_does_not_read_is_cut_as_lost():
@@ -482,13 +509,143 @@ def test_bad_reconnects_are_unauthorized(case):
     assert rig.metrics.reconnects.labels("refused")._value.get() == 1
 
 
-def test_binding_tokens_survive_one_rotation_of_the_secret():
-    rig = Rig()
+def test_binding_tokens_survive_any_rotation_while_their_participant_holds_them():
+    rig = Rig(grace=30)
     bob, tb = rig.join("Bob")
-    rig.joins.binding = rig.binding.rotated(b"n" * 32)
+    for secret in (b"n" * 32, b"o" * 32, b"p" * 32):
+        rig.joins.binding = BindingKeys(secret)  # what a SIGHUP does
+        rig.clock.advance(100)  # each rotation far older than the grace
+    tb.abort()
+    rig.clock.advance(20)
     _, t2 = reconnect(rig, tb)
     assert kinds(t2)[0] == "join_response"
-    rig.joins.binding = rig.joins.binding.rotated(b"o" * 32)
-    rig.joins.binding = rig.joins.binding.rotated(b"p" * 32)
-    _, t3 = reconnect(rig, t2)
-    assert error_of(t3)[0] == "UNAUTHORIZED"  # signed two rotations ago
+    stale = received(tb)[0].join_response.binding_token
+    _, t3 = reconnect(rig, t2, binding_token=stale)
+    assert error_of(t3)[0] == "UNAUTHORIZED"  # replaced by the reconnect's token
+
+
+# --- one place per meeting token ----------------------------------------------
+
+def test_a_meeting_token_used_again_takes_its_own_place():
+    rig = Rig()
+    ann, ta = rig.join("Ann")
+    bob, tb = rig.join("Bob", token="tok-bob")
+    first = received(tb)[0].join_response
+    s2, t2 = rig.session()
+    send(s2, pb.ClientMessage(join_request=pb.JoinRequest(
+        meeting_id="m-1", join_token="tok-bob", participant_name="Bob again")))
+    again = received(t2)[0].join_response
+    assert (again.participant_id, again.user_id) == (first.participant_id, first.user_id)
+    assert tb.finished, "the first session is replaced"
+    assert rig.registry.snapshot().participants == 2
+    assert kinds(ta) == ["join_response", "participant_joined"], "Ann sees nothing"
+    for _ in range(5):
+        s, t = rig.session()
+        send(s, pb.ClientMessage(join_request=pb.JoinRequest(
+            meeting_id="m-1", join_token="tok-bob", participant_name="Bob")))
+    assert rig.registry.snapshot().participants == 2, "one token, one place"
+
+
+def test_the_retry_after_a_lost_join_response_gets_in():
+    rig = Rig(grace=30)
+    ann, ta = rig.join("Ann")
+    bob, tb = rig.join("Bob", token="tok-bob")
+    tb.abort()  # the JoinResponse never arrived; the connection dropped
+    rig.clock.advance(5)
+    s2, t2 = rig.session()
+    send(s2, pb.ClientMessage(join_request=pb.JoinRequest(
+        meeting_id="m-1", join_token="tok-bob", participant_name="Bob")))
+    assert kinds(t2)[0] == "join_response" and rig.joins.in_grace == 0
+    rig.clock.advance(60)
+    assert "participant_left" not in kinds(ta)
+    assert rig.registry.snapshot().participants == 2
+
+
+def test_a_reconnect_gone_during_the_token_check_commits_nothing():
+    rig = Rig(grace=30)
+    ann, ta = rig.join("Ann")
+    bob, tb = rig.join("Bob")
+    tb.abort()
+    rig.tokens.hold = True
+    s2, t2 = reconnect(rig, tb)
+    t2.abort()
+    rig.tokens.release()
+    rig.tokens.hold = False
+    assert rig.joins.in_grace == 1
+    _, t3 = reconnect(rig, tb)  # the binding token was not spent
+    assert kinds(t3)[0] == "join_response"
+
+
+# --- one broken recipient, the others unharmed ----------------------------------
+
+def test_a_stream_that_cannot_be_written_loses_only_its_session():
+    rig = Rig(grace=30)
+    ann, ta = rig.join("Ann")
+    bob, tb = rig.join("Bob")
+    carl, tc = rig.join("Carl")
+    tb.writable = False  # Bob's STOP_SENDING, applied before it is heard of
+    send(ann, pb.ClientMessage(mute_request=pb.MuteRequest(audio_muted=True)))
+    assert received(tc)[-1].participant_mute_update.audio_self_muted
+    assert received(ta)[-1].participant_mute_update.audio_self_muted
+    assert tb.aborted and rig.joins.in_grace == 1
+    rig.joins.redirect_everyone()
+    assert received(ta)[-1].HasField("redirect_to_mc")
+    assert received(tc)[-1].HasField("redirect_to_mc")
+
+
+def test_a_sink_that_raises_never_stops_a_fan_out():
+    rig = Rig()
+    ann, ta = rig.join("Ann")
+    bob, tb = rig.join("Bob")
+    carl, tc = rig.join("Carl")
+
+    class Broken:
+        closed = False
+
+        def deliver(self, event):
+            raise RuntimeError("a bug in one recipient")
+
+    bob.participant.sink = Broken()
+    send(ann, pb.ClientMessage(mute_request=pb.MuteRequest(video_muted=True)))
+    assert received(tc)[-1].participant_mute_update.video_self_muted
+    rig.joins.redirect_everyone()
+    assert received(tc)[-1].HasField("redirect_to_mc")
+
+
+def test_a_lost_meeting_ends_the_graces_and_counts_stay_right():
+    rig = Rig(grace=30)
+    ann, ta = rig.join("Ann")
+    bob, tb = rig.join("Bob")
+    tb.abort()
+    assert rig.joins.in_grace == 1 and rig.joins.connected() == 1
+    rig.registry.remove("m-1")
+    rig.meeting.redirect_all("moved", rig.clock.seconds())
+    assert rig.joins.in_grace == 0 and rig.joins.connected() == 0
+    rig.clock.advance(31)
+    assert rig.joins.connected() == 0 and rig.registry.snapshot().participants == 0
+
+
+# --- frames out -------------------------------------------------------------------
+
+def test_a_large_roster_is_completed_by_participant_joined_frames():
+    rig = Rig(max_participants=400, per_meeting=400)
+    names = [f"{i:03d}" + "n" * 250 for i in range(300)]
+    for name in names:
+        s, t = rig.session()
+        rig.tokens.add(f"tok-{name}", "m-1", f"user-{name}")
+        send(s, pb.ClientMessage(join_request=pb.JoinRequest(
+            meeting_id="m-1", join_token=f"tok-{name}", participant_name=name)))
+    _, t = rig.join("Zed")
+    frames = b"".join(t.written)
+    sizes, at = [], 0
+    while at < len(frames):
+        (n,) = struct.unpack(">I", frames[at:at + 4])
+        sizes.append(n)
+        at += 4 + n
+    assert max(sizes) <= MAX_FRAME_BYTES
+    msgs = received(t)
+    response = msgs[0].join_response
+    tail = [m.participant_joined.participant.name for m in msgs[1:]]
+    assert 0 < len(response.existing_participants) < 300
+    assert [p.name for p in response.existing_participants] + tail == names
+    assert all(m.HasField("participant_joined") for m in msgs[1:])

@@ -222,6 +222,9 @@ BAD_TOKENS = {
     "iat a string": (NOT_A_NUMBER, minted(iat=str(NOW))),
     "jti a number": ("jti missing or not a string", minted(jti=5)),
     "home_org_id a number": ("home_org_id not a string", minted(home_org_id=5)),
+    "nbf a minute ahead": ("not valid yet", minted(nbf=NOW + 60)),
+    "nbf a string": ("nbf not a number", minted(nbf=str(NOW))),
+    "valid for 30 days": ("valid for too long", minted(iat=NOW, exp=NOW + 30 * 86400)),
     **{f"no {claim}": (why, minted(drop=(claim,))) for claim, why in MISSING.items()},
 }
 
@@ -265,6 +268,11 @@ def test_8192_bytes_is_the_limit(env):
     (0, {"iat": NOW}, True),
     (0, {"iat": NOW + 1}, False),
     (30, {"iat": NOW + 30, "exp": NOW - 29}, True),
+    (5, {"nbf": NOW + 5}, True),
+    (5, {"nbf": NOW + 5.001}, False),
+    (5, {"nbf": NOW - 3600}, True),
+    (5, {"iat": NOW - 1000, "exp": NOW + 86400 - 1000}, True),
+    (5, {"iat": NOW - 1000, "exp": NOW + 86400 - 999}, False),
 ])
 def test_clock_skew_boundaries(skew, claims, ok):
     e = Env(skew=skew)

@@ -32,6 +32,7 @@ from mc.participants.webtransport import (
     WebTransportConnection,
     WebTransportService,
     WebTransportSite,
+    normalise_origin,
     server_configuration,
 )
 from mc.testing import wtclient
@@ -219,15 +220,27 @@ async def test_plain_requests_get_404(server, wt, method):
 
 @pytest_twisted.ensureDeferred
 async def test_origin_outside_the_allow_list_gets_403(server, wt):
-    service = server(origins=["https://app.example"])
+    service = server(origins=["HTTPS://App.Example:443", "http://dev.example:8080"])
     client = await wt(wtclient.connect, "127.0.0.1", service.port)
-    bad = await wt(client.open_session, PATH, "https://evil.example")
-    assert bad.status == 403
-    good = await wt(client.open_session, PATH, "https://app.example")
-    assert good.status == 200
-    native = await wt(client.open_session, PATH)  # no origin: not a browser
-    assert native.status == 200
-    assert len(service.handlers) == 2
+    for origin in ("https://evil.example", "http://app.example", "https://app.example:8443",
+                   "https://app.example.evil", "null", "http://dev.example"):
+        bad = await wt(client.open_session, PATH, origin)
+        assert bad.status == 403, origin
+    for origin in ("https://app.example", "https://APP.example:443", "HTTP://Dev.Example:8080",
+                   None):  # no origin: not a browser
+        good = await wt(client.open_session, PATH, origin)
+        assert good.status == 200, origin
+        service.handlers[-1].transport.finish()
+    assert len(service.handlers) == 4
+
+
+def test_origins_are_normalised():
+    assert normalise_origin("HTTPS://App.Example:443") == "https://app.example"
+    assert normalise_origin("http://a.example:80") == "http://a.example"
+    assert normalise_origin("https://a.example:8443") == "https://a.example:8443"
+    assert normalise_origin("https://[::1]:443") == "https://[::1]"
+    for odd in ("null", "https://a.example:x", ""):
+        assert normalise_origin(odd) == odd
 
 
 @pytest_twisted.ensureDeferred
@@ -247,7 +260,7 @@ async def test_client_fin_is_stream_ended_and_the_session_stays(server, wt):
     handler.transport.write(b"still here")
     assert await wt(stream.read_exactly, 10) == b"still here"
     app = only_app(service)
-    assert stream.stream_id not in app.taken  # its receive side is over
+    assert stream.stream_id not in app.raw  # its receive side is over
 
 
 @pytest.mark.parametrize("how", ["capsule", "fin"])
@@ -368,23 +381,20 @@ async def test_abort_drops_the_session(server, wt):
 
 
 @pytest_twisted.ensureDeferred
-async def test_several_sessions_on_one_connection(server, wt):
+async def test_one_live_session_per_connection(server, wt):
     service = server(echo=True)
     client = await wt(wtclient.connect, "127.0.0.1", service.port)
-    opened = [await open_stream(wt, service, client) for _ in range(3)]
-    assert len(links(service)) == 1 and service.sessions_current == 3
-    for i, (_, _, stream, _) in enumerate(opened):
-        await wt(stream.send, b"#%d" % i)
-    for i, (_, _, stream, _) in enumerate(opened):
-        assert await wt(stream.read_exactly, 4) == b"hi#%d" % i
-    await wt(opened[1][1].close)
-    await wait_until(lambda: opened[1][3].closed, what="the middle session to close")
-    assert [h.closed for _, _, _, h in opened] == [[], [True], []]
-    await wt(opened[2][2].send, b"!")
-    assert await wt(opened[2][2].read_exactly, 1) == b"!"
+    _, session, stream, handler = await open_stream(wt, service, client)
+    second = await wt(client.open_session, PATH)
+    assert second.status == 429 and len(service.handlers) == 1
+    await wt(session.close)
+    await wait_until(lambda: handler.closed, what="the first session to close")
+    _, session, stream, handler = await open_stream(wt, service, client)
+    assert len(links(service)) == 1 and service.sessions_current == 1
+    await wt(stream.send, b"!")
+    assert await wt(stream.read_exactly, 3) == b"hi!"
     await wt(client.close, 0)
-    await wait_until(lambda: all(h.closed for _, _, _, h in opened))
-    assert [h.closed for _, _, _, h in opened] == [[True], [True], [True]]
+    await wait_until(lambda: handler.closed == [True])
 
 
 @pytest_twisted.ensureDeferred
@@ -406,7 +416,7 @@ async def test_further_streams_and_datagrams_are_refused(server, wt):
     await wt(stream.send, b"!")
     await wait_until(lambda: handler.data == b"hi!")
     app = only_app(service)
-    await wait_until(lambda: list(app.taken) == [stream.stream_id], what="the refused stream")
+    await wait_until(lambda: list(app.raw) == [stream.stream_id], what="the refused stream")
     await wait_until(lambda: header_only.stream_id not in app.h3._stream)
     assert extra.stream_id not in app.h3._stream
     assert handler.closed == []
@@ -436,7 +446,7 @@ async def test_nothing_accumulates_over_sessions_and_connections(server, wt):
             handler.transport.finish()
         await wait_until(lambda h=handler: h.closed)
         await wt(extra.wait_closed)
-    await wait_until(lambda: not app.taken, what="the streams' receive sides to end")
+    await wait_until(lambda: not app.raw, what="the streams' receive sides to end")
     # Only the client's control and QPACK streams are left.
     assert len(app.h3._stream) == 3 and all(sid % 4 == 2 for sid in app.h3._stream)
     assert app.sessions == {} and service.sessions_current == 0
@@ -546,73 +556,176 @@ async def test_garbage_from_unknown_peers_is_dropped_without_state(server):
     assert_all_freed(service)
 
 
-def test_timers_run_on_the_injected_clock_in_memory(cert):
-    """Client and server QUIC in memory, both on a Clock: one timer per
-    connection, sends batched per turn, the idle timeout frees everything."""
-    clock = Clock()
-    handlers = []
+class MemoryQuic:
+    """Client and server QUIC in memory, both on a Clock: ``turn()`` delivers
+    each side's output to the other and lets 30 ms pass."""
 
-    def factory(peer):
-        handlers.append(Recorder(peer))
-        return handlers[-1]
+    def __init__(self, cert, no_session_seconds=10.0, client_addr=("10.0.0.2", 5555),
+                 **endpoint_kw):
+        self.clock = clock = Clock()
+        self.handlers = []
 
-    site = WebTransportSite(PATH, (), factory)
-    endpoint = QuicEndpoint(server_configuration(cert.cert_path, cert.key_path),
-                            lambda link: WebTransportConnection(link, site), clock,
-                            now=clock.seconds)
-    sent = []
+        def factory(peer):
+            self.handlers.append(Recorder(peer))
+            return self.handlers[-1]
 
-    class Transport:
-        def write(self, data, addr):
-            sent.append(data)
+        site = WebTransportSite(PATH, (), factory)
+        self.endpoint = QuicEndpoint(
+            server_configuration(cert.cert_path, cert.key_path),
+            lambda link: WebTransportConnection(link, site, no_session_seconds), clock,
+            now=clock.seconds, **endpoint_kw)
+        self.sent = sent = []
 
-    endpoint.makeConnection(Transport())
-    client_addr, server_addr = ("10.0.0.2", 5555), ("10.0.0.1", 4433)
-    client = QuicConnection(configuration=QuicConfiguration(
-        is_client=True, alpn_protocols=H3_ALPN, max_datagram_frame_size=65536,
-        idle_timeout=60.0, verify_mode=0, server_name="localhost"))
-    client.connect(server_addr, now=clock.seconds())
-    h3 = H3Connection(client, enable_webtransport=True)
-    responses = []
+        class Transport:
+            def write(self, data, addr):
+                sent.append(data)
 
-    def turn():
-        """Deliver each side's output to the other; 30 ms pass (pacing, delayed acks)."""
+        self.endpoint.makeConnection(Transport())
+        self.client_addr, self.server_addr = client_addr, ("10.0.0.1", 4433)
+        self.responses = []
+        self.client = self.h3 = None
+
+    def connect(self):
+        self.client = QuicConnection(configuration=QuicConfiguration(
+            is_client=True, alpn_protocols=H3_ALPN, max_datagram_frame_size=65536,
+            idle_timeout=60.0, verify_mode=0, server_name="localhost"))
+        self.client.connect(self.server_addr, now=self.clock.seconds())
+        self.h3 = H3Connection(self.client, enable_webtransport=True)
+
+    def turn(self):
+        clock, client = self.clock, self.client
         timer = client.get_timer()
         if timer is not None and timer <= clock.seconds():
             client.handle_timer(now=clock.seconds())
         for data, _ in client.datagrams_to_send(now=clock.seconds()):
-            endpoint.datagramReceived(data, client_addr)
-        assert len(timers_on(clock)) <= 1
+            self.endpoint.datagramReceived(data, self.client_addr)
+        assert len(self.timers()) <= len(self.endpoint.connections)
         clock.advance(0.03)  # the flush (one call for every dirty connection), timers
-        for data in sent:
-            client.receive_datagram(data, server_addr, now=clock.seconds())
-        sent.clear()
+        for data in self.sent:
+            client.receive_datagram(data, self.server_addr, now=clock.seconds())
+        self.sent.clear()
         while (event := client.next_event()) is not None:
-            for h3_event in h3.handle_event(event):
+            for h3_event in self.h3.handle_event(event):
                 if isinstance(h3_event, HeadersReceived):
-                    responses.append(dict(h3_event.headers)[b":status"])
+                    self.responses.append(dict(h3_event.headers)[b":status"])
 
-    def timers_on(c):
-        return [call for call in c.getDelayedCalls() if call.func == endpoint._timer_fired]
+    def timers(self):
+        return [call for call in self.clock.getDelayedCalls()
+                if call.func == self.endpoint._timer_fired]
 
+    def open_session(self):
+        connect_id = self.client.get_next_available_stream_id()
+        self.h3.send_headers(connect_id, [
+            (b":method", b"CONNECT"), (b":protocol", b"webtransport"), (b":scheme", b"https"),
+            (b":authority", b"localhost"), (b":path", PATH.encode())])
+        for _ in range(3):
+            self.turn()
+
+
+def test_timers_run_on_the_injected_clock_in_memory(cert):
+    """One timer per connection, sends batched per turn, the idle timeout
+    frees everything."""
+    q = MemoryQuic(cert, no_session_seconds=1000)
+    q.connect()
     for _ in range(5):
-        turn()
-    connect_id = client.get_next_available_stream_id()
-    h3.send_headers(connect_id, [(b":method", b"CONNECT"), (b":protocol", b"webtransport"),
-                                 (b":scheme", b"https"), (b":authority", b"localhost"),
-                                 (b":path", PATH.encode())])
-    for _ in range(3):
-        turn()
-    assert responses == [b"200"] and len(handlers) == 1
-    (link,) = endpoint.connections
-    assert timers_on(clock) == [link.timer] and len(endpoint.routes) >= 2
+        q.turn()
+    q.open_session()
+    assert q.responses == [b"200"] and len(q.handlers) == 1
+    (link,) = q.endpoint.connections
+    assert q.timers() == [link.timer] and len(q.endpoint.routes) >= 2
 
-    clock.advance(29)  # the client is silent: only the server's own timers fire
-    assert handlers[0].closed == [] and len(timers_on(clock)) == 1
-    clock.advance(2)
-    assert handlers[0].closed == [False]
-    assert endpoint.routes == {} and endpoint.connections == set()
-    assert clock.getDelayedCalls() == []
+    q.clock.advance(29)  # the client is silent: only the server's own timers fire
+    assert q.handlers[0].closed == [] and len(q.timers()) == 1
+    q.clock.advance(2)
+    assert q.handlers[0].closed == [False]
+    assert q.endpoint.routes == {} and q.endpoint.connections == set()
+    assert q.clock.getDelayedCalls() == []
+
+
+def test_a_connection_without_a_joined_session_is_closed_after_10s(cert):
+    q = MemoryQuic(cert)
+    q.connect()
+    for _ in range(5):
+        q.turn()
+    q.open_session()
+    (handler,) = q.handlers
+    within = handler.transport.join_within
+    assert 9 < within <= 10, "the session learns the connection's deadline"
+    q.clock.advance(within + 1.9)  # the session's refusal would linger this long
+    assert handler.closed == [] and q.sent == []
+    q.clock.advance(0.2)
+    assert q.sent, "CONNECTION_CLOSE"
+    q.clock.advance(5)  # aioquic's closing period
+    assert len(handler.closed) == 1 and q.endpoint.connections == set()
+    assert q.endpoint.pending == set() and q.endpoint.pending_by_host == {}
+    assert q.clock.getDelayedCalls() == []
+
+
+def test_a_joined_session_keeps_the_connection_until_it_ends(cert):
+    q = MemoryQuic(cert)
+    q.connect()
+    for _ in range(5):
+        q.turn()
+    q.open_session()
+    (handler,) = q.handlers
+    session = handler.transport
+    stream_id = q.h3.create_webtransport_stream(session.connect_id)
+    q.client.send_stream_data(stream_id, b"join")
+    q.turn()
+    session.joining()
+    session.joined()
+    assert session.join_within is None and q.endpoint.pending == set()
+    q.clock.advance(25)  # past 10 s: joined, so it stays (the client keeps it alive)
+    q.turn()
+    assert len(q.endpoint.connections) == 1
+    session.finish()
+    assert len(q.endpoint.pending) == 1, "pending again once its session ended"
+    for _ in range(3):
+        q.turn()
+    q.clock.advance(12.1)
+    q.clock.advance(5)  # aioquic's closing period
+    assert q.endpoint.connections == set()
+
+
+def test_a_retry_token_answered_after_the_load_fell_is_honoured(cert):
+    q = MemoryQuic(cert, max_pending=2)
+    filler = MemoryQuic(cert)  # shares nothing: only its client, to take a pending place
+    filler.endpoint = q.endpoint
+    filler.sent = q.sent
+    filler.client_addr = ("10.0.0.3", 6666)
+    filler.connect()
+    filler.turn()
+    assert len(q.endpoint.pending) == 1  # half the cap: retries from now on
+    q.sent.clear()
+    q.connect()
+    for data, _ in q.client.datagrams_to_send(now=q.clock.seconds()):
+        q.endpoint.datagramReceived(data, q.client_addr)
+    retry = list(q.sent)
+    q.sent.clear()
+    assert len(retry) == 1 and len(q.endpoint.connections) == 1
+    q.endpoint.close_all()  # the load falls below half the cap
+    assert q.endpoint.pending == set()
+    q.client.receive_datagram(retry[0], q.server_addr, now=q.clock.seconds())
+    for _ in range(6):
+        q.turn()
+    assert q.client._handshake_complete, "the original connection id was advertised right"
+    assert q.client._retry_source_connection_id is not None
+
+
+def test_pending_connections_are_capped_per_source_host(cert):
+    q = MemoryQuic(cert, max_pending=10, max_pending_per_host=2)
+    for port in (1, 2, 3):
+        q.client_addr = ("10.0.0.7", port)
+        q.connect()
+        q.turn()
+    assert len(q.endpoint.connections) == 2
+    assert q.endpoint.pending_by_host == {"10.0.0.7": 2}
+    q.client_addr = ("10.0.0.8", 1)
+    q.connect()
+    for _ in range(6):
+        q.turn()
+    assert q.client._handshake_complete, "another address still gets in"
+    assert q.endpoint.pending_by_host == {"10.0.0.7": 2, "10.0.0.8": 1}
 
 
 def test_accept_new_can_refuse_a_new_connection(cert):
@@ -638,11 +751,11 @@ def test_accept_new_can_refuse_a_new_connection(cert):
 @pytest_twisted.ensureDeferred
 async def test_pending_cap_retry_then_refusal_and_joined_connections_do_not_count(server, wt):
     service = server(max_pending=2)
-    first, _ = await open_session(wt, service)
+    first, _, _, _ = await open_stream(wt, service)
     assert service.pending_connections == 1
     # From half the cap on, a new client must answer a stateless retry first
     # (aioquic's client does so by itself): it still gets in.
-    second, _ = await open_session(wt, service)
+    second, _, _, _ = await open_stream(wt, service)
     assert service.pending_connections == 2
     assert second._quic._retry_source_connection_id is not None
     assert first._quic._retry_source_connection_id is None
@@ -651,6 +764,7 @@ async def test_pending_cap_retry_then_refusal_and_joined_connections_do_not_coun
         await wt(wtclient.connect, "127.0.0.1", service.port, timeout=1.5)
     assert len(links(service)) == 2
     for handler in service.handlers:
+        handler.transport.joining()
         handler.transport.joined()
     assert service.pending_connections == 0
     third, _ = await open_session(wt, service)

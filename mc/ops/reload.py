@@ -14,9 +14,9 @@ after the other, the first read finds a new certificate with the old key
 still not a pair after that, an error names the settings and the old pair
 stays.
 
-A rotated binding secret goes on verifying the previous one's tokens for one
-disconnect grace period, so a participant whose connection dropped just
-before the rotation can still take its place back; then it is dropped.
+A rotated binding secret signs every binding token issued from then on;
+each participant's token signed by a previous one goes on verifying until it
+is replaced, however long ago the rotation was (``mc.binding``).
 """
 
 from dataclasses import dataclass
@@ -49,17 +49,14 @@ class Reloadable:
 
 class BindingRotation:
     """Puts a new binding secret in use in ``joins`` (``JoinService``): it
-    signs at once, the one it replaces verifies ``grace`` seconds more. A
-    second rotation within the grace drops the oldest at once."""
+    signs at once; tokens the previous ones signed verify through the proof
+    each participant keeps (``mc.binding``), so nothing is dropped here."""
 
     log = Logger()
 
-    def __init__(self, joins, secret, clock, grace):
+    def __init__(self, joins, secret):
         self._joins = joins
         self._secret = secret
-        self._clock = clock
-        self._grace = grace
-        self._drop = None
 
     def __repr__(self):
         return "<BindingRotation, redacted>"
@@ -68,23 +65,10 @@ class BindingRotation:
         """Rotate to ``secret`` (a Secret), unless it is the one in use."""
         if secret == self._secret:
             return
-        self.stop()
         self._secret = secret
-        raw = secret.reveal()
-        self._joins.binding = self._joins.binding.rotated(raw)
-        self._drop = self._clock.callLater(self._grace, self._drop_previous, BindingKeys(raw))
-        self.log.info("binding secret rotated; the previous one verifies reconnects for "
-                      "{grace:g}s more", grace=self._grace)
-
-    def _drop_previous(self, keys):
-        self._drop = None
-        self._joins.binding = keys
-        self.log.info("previous binding secret dropped")
-
-    def stop(self):
-        if self._drop is not None and self._drop.active():
-            self._drop.cancel()
-        self._drop = None
+        self._joins.binding = BindingKeys(secret.reveal())
+        self.log.info("binding secret rotated; tokens of the previous ones verify until "
+                      "their participants' next JoinResponse")
 
 
 class Reloader(Service):

@@ -127,6 +127,32 @@ def unacked(quic, stream_id):
     return stream.sender._buffer_stop - stream.sender._buffer_start
 
 
+def writable(quic, stream_id):
+    """True while data or a FIN may still be written on the stream: not
+    finished or reset by us, not reset by the engine for the client's
+    STOP_SENDING (applied as the frame arrives, before its event is handed
+    on), not discarded. qh3's compiled core shows no stream state: under qh3
+    this says True and a write it refuses raises (the endpoint then closes
+    that connection)."""
+    if NAME == "qh3":
+        return True
+    stream = quic._streams.get(stream_id)
+    if stream is None:
+        return False
+    sender = stream.sender
+    return (sender._buffer_fin is None and sender._reset_error_code is None
+            and not sender.is_finished)
+
+
+def receiving(quic, stream_id):
+    """True while the client may still send on the stream (under qh3: while
+    the stream was not seen to end, which the layer tracks itself)."""
+    if NAME == "qh3":
+        return True
+    stream = quic._streams.get(stream_id)
+    return stream is not None and not stream.receiver.is_finished
+
+
 def peer_address(quic):
     """The client's ``(host, port)`` as last seen (it can migrate); qh3's
     compiled core keeps it in a private attribute."""
@@ -141,7 +167,9 @@ def _probes():
     quic = QuicConnection(configuration=QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN))
     probes = {"QuicConnection": quic, "H3Connection": H3Connection(quic, enable_webtransport=True)}
     if NAME == "aioquic":
-        probes["QuicStream.sender"] = _import("quic.stream").QuicStream(stream_id=0).sender
+        stream = _import("quic.stream").QuicStream(stream_id=0)
+        probes["QuicStream.sender"] = stream.sender
+        probes["QuicStream.receiver"] = stream.receiver
     return probes
 
 
@@ -150,7 +178,9 @@ REQUIRED = {
     "aioquic": {
         "QuicConnection": ("_streams", "get_peer_address"),
         "H3Connection": ("_stream",),
-        "QuicStream.sender": ("_buffer_start", "_buffer_stop"),
+        "QuicStream.sender": ("_buffer_start", "_buffer_stop", "_buffer_fin",
+                              "_reset_error_code", "is_finished"),
+        "QuicStream.receiver": ("is_finished",),
     },
     "qh3": {
         "QuicConnection": ("get_send_buffer_size", "_remote_addr"),

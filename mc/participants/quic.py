@@ -98,6 +98,7 @@ class QuicLink:
         self.timer = None
         self.timer_at = None
         self.cids = set()
+        self.source = None  # the host it came from, which its pending place is counted against
         self._endpoint = endpoint
 
     @property
@@ -120,7 +121,11 @@ class QuicLink:
 
     def joined(self):
         """A session of this connection joined: it stops counting as pending."""
-        self._endpoint.pending.discard(self)
+        self._endpoint.set_pending(self, False)
+
+    def unjoined(self):
+        """Its joined session ended: it counts as pending again."""
+        self._endpoint.set_pending(self, True)
 
     def close(self, error_code, reason=""):
         """Close the connection (once: aioquic ignores later calls)."""
@@ -138,18 +143,23 @@ class QuicEndpoint(DatagramProtocol):
     session's ``joined`` takes its connection out): past the cap a new
     connection's Initial is dropped, and from half of it on a client must
     first prove its address with aioquic's stateless retry token, so a
-    handshake flood from spoofed addresses costs no state at all.
+    handshake flood from spoofed addresses costs no state at all. A retry
+    token we issued is honoured whenever it comes back, whatever the load.
+    ``max_pending_per_host`` caps the pending connections of one source
+    host, so one address cannot take the MC-wide cap.
     """
 
     log = Logger()
     noisy = False
 
     def __init__(self, configuration, app_factory, reactor, now=time.monotonic,
-                 accept_new=accept_all, max_pending=None):
+                 accept_new=accept_all, max_pending=None, max_pending_per_host=None):
         self.routes: dict[bytes, QuicLink] = {}
         self.connections: set[QuicLink] = set()
         self.pending: set[QuicLink] = set()
+        self.pending_by_host: dict[str, int] = {}
         self.max_pending = max_pending
+        self.max_pending_per_host = max_pending_per_host
         self.reactor = reactor
         self.now = now
         self._configuration = configuration
@@ -187,42 +197,64 @@ class QuicEndpoint(DatagramProtocol):
         self._process(link)
 
     def _admit(self, header, addr):
-        """A connection for a new client's Initial, or None: over the pending
+        """A connection for a new client's Initial, or None: over a pending
         cap, or a retry sent (or a bad retry token) instead."""
-        cap = self.max_pending
+        cap, host = self.max_pending, addr[0]
         if cap is not None and len(self.pending) >= cap:
             return None
+        if (self.max_pending_per_host is not None
+                and self.pending_by_host.get(host, 0) >= self.max_pending_per_host):
+            return None
         original, retry_source = header.destination_cid, None
-        if cap is not None and len(self.pending) >= cap // 2:
-            if not header.token:
-                source_cid = os.urandom(8)
-                self._write(encode_quic_retry(
-                    version=header.version, source_cid=source_cid,
-                    destination_cid=header.source_cid,
-                    original_destination_cid=header.destination_cid,
-                    retry_token=self._retry.create(
-                        addr, header.destination_cid, source_cid, self.now())), addr)
-                return None
+        if header.token:
+            # Only our retries carry a token (we send no NEW_TOKEN): whatever
+            # the load now, the client proved its address and the token names
+            # the connection id it first asked for.
             try:
                 original = self._retry.validate(
                     addr, header.destination_cid, header.token, self.now())
             except ValueError:
                 return None
             retry_source = header.destination_cid
-        return self._new_link(header.destination_cid, original, retry_source)
+        elif cap is not None and len(self.pending) >= cap // 2:
+            source_cid = os.urandom(8)
+            self._write(encode_quic_retry(
+                version=header.version, source_cid=source_cid,
+                destination_cid=header.source_cid,
+                original_destination_cid=header.destination_cid,
+                retry_token=self._retry.create(
+                    addr, header.destination_cid, source_cid, self.now())), addr)
+            return None
+        return self._new_link(header.destination_cid, original, retry_source, host)
 
-    def _new_link(self, cid, original_cid, retry_source_cid=None):
+    def _new_link(self, cid, original_cid, retry_source_cid=None, host=None):
         quic = QuicConnection(configuration=self._configuration,
                               original_destination_connection_id=original_cid,
                               retry_source_connection_id=retry_source_cid)
         link = QuicLink(self, quic)
-        link.app = self._app_factory(link)
+        link.source = host
         self.connections.add(link)
-        self.pending.add(link)
+        self.set_pending(link, True)
+        link.app = self._app_factory(link)
         for routed in (cid, quic.host_cid):
             self.routes[routed] = link
             link.cids.add(routed)
         return link
+
+    def set_pending(self, link, pending):
+        """Count ``link`` as pending (no joined session) or not, MC-wide and
+        against its source host."""
+        if pending == (link in self.pending) or (pending and link not in self.connections):
+            return
+        counts, host = self.pending_by_host, link.source
+        if pending:
+            self.pending.add(link)
+            counts[host] = counts.get(host, 0) + 1
+        else:
+            self.pending.discard(link)
+            counts[host] -= 1
+            if not counts[host]:
+                del counts[host]
 
     def mark(self, link):
         """Queue ``link`` for the flush; one ``callLater(0)`` serves every
@@ -310,8 +342,8 @@ class QuicEndpoint(DatagramProtocol):
         in the flush; then tell its application, once."""
         if link not in self.connections:
             return
+        self.set_pending(link, False)
         self.connections.discard(link)
-        self.pending.discard(link)
         for cid in link.cids:
             self.routes.pop(cid, None)
         link.cids.clear()

@@ -2,19 +2,23 @@
 per-session protocol object (join first, within 10 s; the contract's limits;
 every refusal an ErrorMessage with the contract's code, then a clean close).
 
-A session is a small state machine; ``_state`` is the one place that says
-where it is, and each transition happens in one method.
+Where a session is (awaiting its join, joining, joined, closing) is its
+transport's ``SessionState``, shared with it: one place, one table of moves
+(``mc.participants.session_state``).
 """
 
 import struct
+import time
+from collections import deque
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from mc.interfaces import IParticipantSink, ISessionHandler
-from mc.joining import Redirected, Refused
+from mc.joining import Gone, Redirected, Refused
 from mc.meetings import KICKED, Joined, Left, MuteChanged, Redirect, Replaced
+from mc.participants.session_state import LIVE, SessionState
 from mc.proto import signaling_pb2 as pb
 
 #: The contract's limits.
@@ -24,12 +28,6 @@ MESSAGES_PER_SECOND = 20
 MAX_UNREAD_BYTES = 1024 * 1024
 
 _LENGTH = struct.Struct(">I")
-
-#: Session states.
-AWAITING_JOIN = "awaiting join"
-JOINING = "joining"
-JOINED = "joined"
-CLOSED = "closed"
 
 
 class FrameError(ValueError):
@@ -104,75 +102,110 @@ def _mute_update(p):
                                     video_self_muted=p.video_muted)
 
 
+def _roster_entry(o):
+    return pb.Participant(participant_id=o.participant_id, name=o.name, joined_at=o.joined_at_ms)
+
+
+def _entry_bytes(entry):
+    """What one ``existing_participants`` entry adds to a JoinResponse."""
+    size = entry.ByteSize()
+    return 1 + _varint_bytes(size) + size
+
+
+def _varint_bytes(n):
+    return max(1, (n.bit_length() + 6) // 7)
+
+
 def join_response_frame(admission):
+    """The JoinResponse, then the roster it had no room for as
+    ParticipantJoined frames (no frame over MAX_FRAME_BYTES), then one
+    ParticipantMuteUpdate per muted participant."""
     p = admission.participant
     response = pb.JoinResponse(
         participant_id=p.participant_id, user_id=p.user_id,
-        existing_participants=[pb.Participant(participant_id=o.participant_id, name=o.name,
-                                              joined_at=o.joined_at_ms)
-                               for o in admission.others],
         media_servers=[pb.MediaServerInfo(media_handler_url=url)
                        for url in admission.media_servers],
         correlation_id=admission.correlation_id, binding_token=admission.binding_token)
+    # The ServerMessage wraps the response: its tag and a length of at most 3 bytes.
+    room = MAX_FRAME_BYTES - response.ByteSize() - 4
+    entries = [_roster_entry(o) for o in admission.others]
+    fits = 0
+    for entry in entries:
+        room -= _entry_bytes(entry)
+        if room < 0:
+            break
+        fits += 1
+    response.existing_participants.extend(entries[:fits])
     frames = [encode_frame(pb.ServerMessage(join_response=response))]
+    frames += [encode_frame(pb.ServerMessage(participant_joined=pb.ParticipantJoined(
+        participant=entry))) for entry in entries[fits:]]
     frames += [encode_frame(pb.ServerMessage(participant_mute_update=_mute_update(o)))
                for o in admission.others if o.muted]
     return b"".join(frames)
 
 
 class RateLimit:
-    """A token bucket: ``rate`` messages a second, bursts of ``rate``."""
+    """At most ``rate`` messages in any ``window`` seconds: a sliding window
+    over the times of the last ``rate`` messages, on a monotonic clock."""
 
-    __slots__ = ("_rate", "_tokens", "_at")
+    __slots__ = ("_rate", "_window", "_times")
 
-    def __init__(self, rate, now):
+    def __init__(self, rate, window=1.0):
         self._rate = rate
-        self._tokens = float(rate)
-        self._at = now
+        self._window = window
+        self._times = deque(maxlen=rate)
 
     def allow(self, now):
-        self._tokens = min(self._rate, self._tokens + (now - self._at) * self._rate)
-        self._at = now
-        if self._tokens < 1:
+        times = self._times
+        if len(times) == self._rate and now - times[0] < self._window:
             return False
-        self._tokens -= 1
+        times.append(now)
         return True
 
 
 @implementer(ISessionHandler, IParticipantSink)
 class SignalingSession:
     """One participant's session: JoinRequest first, then mutes until it
-    leaves; the contract's limits apply throughout."""
+    leaves; the contract's limits apply throughout. Where the session is
+    lives in its transport's state (``SessionState``), shared with the
+    transport; this class keeps no flag of its own about it.
+
+    ``now`` is the monotonic clock the rate limit reads; ``clock`` runs the
+    join timer."""
 
     log = Logger()
 
-    def __init__(self, joins, clock, peer=None, on_closed=None):
+    def __init__(self, joins, clock, peer=None, now=time.monotonic):
         self._joins = joins
         self._clock = clock
+        self._now = now
         self._peer = peer
-        self._on_closed = on_closed
         self._transport = None
         self._decoder = FrameDecoder()
-        self._rate = RateLimit(MESSAGES_PER_SECOND, clock.seconds())
-        self._state = AWAITING_JOIN
+        self._rate = RateLimit(MESSAGES_PER_SECOND)
         self._join_timer = None
         self._queued = []  # messages that arrived while the join was checked
         self._leave_reason = None  # set when we close a joined session on purpose
-        self._reconnecting = False
         self.participant = None
 
     @property
     def state(self):
-        return self._state
+        return SessionState.CONNECT if self._transport is None else self._transport.state
+
+    @property
+    def closed(self):
+        return self.state not in LIVE
 
     # --- ISessionHandler ----------------------------------------------------
 
     def session_opened(self, transport):
         self._transport = transport
-        self._join_timer = self._clock.callLater(JOIN_TIMEOUT_SECONDS, self._join_timed_out)
+        within = transport.join_within
+        delay = JOIN_TIMEOUT_SECONDS if within is None else min(JOIN_TIMEOUT_SECONDS, within)
+        self._join_timer = self._clock.callLater(delay, self._join_timed_out)
 
     def data_received(self, data):
-        if self._state == CLOSED:
+        if self.closed:
             return
         try:
             payloads = self._decoder.feed(data)
@@ -180,21 +213,17 @@ class SignalingSession:
             self._refuse("INVALID_REQUEST", "invalid frame", why=str(e))
             return
         for payload in payloads:
-            if self._state == CLOSED:
+            if self.closed:
                 return
             self._received(payload)
 
     def stream_ended(self):
         """The client finished its stream: it leaves on purpose."""
-        if self._state != CLOSED:
-            self._close()
+        self._close()
 
     def session_closed(self, clean):
-        if self._state == CLOSED and self._transport is None:
-            return
-        self._state = CLOSED
-        self._transport = None
         self._cancel_join_timer()
+        self._queued = []
         p, self.participant = self.participant, None
         if p is not None:
             if self._leave_reason is not None:
@@ -203,12 +232,20 @@ class SignalingSession:
                 self._joins.leave(p)
             else:
                 self._joins.lost(p)
-        if self._on_closed is not None:
-            self._on_closed(self)
 
     # --- IParticipantSink ---------------------------------------------------
 
     def deliver(self, event):
+        try:
+            self._deliver(event)
+        except Exception:
+            # One recipient's failure is its own: the fan-out goes on.
+            self.log.failure("delivering {event} failed", event=type(event).__name__,
+                             peer=self._peer)
+            if self._transport is not None:
+                self._transport.abort()
+
+    def _deliver(self, event):
         if isinstance(event, Replaced):  # the participant lives on in another session
             self.participant = None
             self._close()
@@ -223,7 +260,7 @@ class SignalingSession:
     # --- frames in ----------------------------------------------------------
 
     def _received(self, payload):
-        if not self._rate.allow(self._clock.seconds()):
+        if not self._rate.allow(self._now()):
             self._refuse("INVALID_REQUEST", "rate")
             return
         message = pb.ClientMessage()
@@ -233,12 +270,13 @@ class SignalingSession:
             self._refuse("INVALID_REQUEST", "invalid message", why="unparseable")
             return
         kind = message.WhichOneof("message")
-        if self._state == AWAITING_JOIN:
+        state = self.state
+        if state is SessionState.AWAITING_JOIN:
             if kind != "join_request":
                 self._refuse("INVALID_REQUEST", "the first message must be a JoinRequest")
                 return
             self._start_join(message.join_request)
-        elif self._state == JOINING:
+        elif state is SessionState.JOINING:
             # Bounded while a JWKS fetch holds the join (up to its timeout).
             if len(self._queued) >= MESSAGES_PER_SECOND:
                 self._refuse("INVALID_REQUEST", "rate")
@@ -260,8 +298,7 @@ class SignalingSession:
 
     def _start_join(self, request):
         self._cancel_join_timer()
-        self._state = JOINING
-        self._reconnecting = bool(request.correlation_id or request.binding_token)
+        self._transport.joining()
         d = defer.ensureDeferred(self._joins.join(
             request.meeting_id, request.join_token, request.participant_name, self,
             request.correlation_id, request.binding_token))
@@ -269,20 +306,14 @@ class SignalingSession:
         d.addErrback(self._bug)
 
     def _joined(self, admission):
-        p = admission.participant
-        if self._state == CLOSED:  # gone while its token was checked
-            if self._reconnecting:
-                self._joins.lost(p)  # it may try again within the grace
-            else:
-                self._joins.leave(p)
-            return
-        self.participant = p
-        self._state = JOINED
+        """Admitted: the join service commits nothing for a session already
+        closed, so this one is still live."""
+        self.participant = admission.participant
         self._transport.joined()
         self._send(join_response_frame(admission))
         queued, self._queued = self._queued, []
         for message in queued:
-            if self._state != JOINED:
+            if self.state is not SessionState.JOINED:
                 return
             self._in_meeting(message, message.WhichOneof("message"))
 
@@ -293,7 +324,7 @@ class SignalingSession:
         elif failure.check(Redirected):
             e = failure.value
             self.deliver(Redirect(e.meeting_id, e.reason))
-        else:
+        elif not failure.check(Gone):  # Gone: closed meanwhile, nothing to say
             return failure
 
     def _bug(self, failure):
@@ -302,11 +333,10 @@ class SignalingSession:
 
     def _join_timed_out(self):
         self._join_timer = None
-        if self._state != AWAITING_JOIN or self._transport is None:
-            return
-        if self._transport.stream_open:
+        state = self.state
+        if state is SessionState.AWAITING_JOIN:
             self._refuse("INVALID_REQUEST", "no JoinRequest within 10 s")
-        else:
+        elif state is SessionState.CONNECT:
             self._close()
 
     def _cancel_join_timer(self):
@@ -319,9 +349,9 @@ class SignalingSession:
     def _send(self, frame):
         """Write a frame, or cut a participant that does not read its stream
         (more than 1 MiB unread) as a lost connection."""
-        t = self._transport
-        if t is None:
+        if self.closed:
             return
+        t = self._transport
         if t.buffered + len(frame) > MAX_UNREAD_BYTES:
             self.log.warn("cutting a participant that does not read ({buffered} bytes unread)",
                           peer=self._peer, buffered=t.buffered)
@@ -335,14 +365,10 @@ class SignalingSession:
         self.log.debug("closing session: {code} {message} ({why})", peer=self._peer, code=code,
                        message=message, why=why or message)
         self._send(error_frame(code, message))
-        if self._state == JOINED:
+        if self.state is SessionState.JOINED:
             self._leave_reason = KICKED
         self._close()
 
     def _close(self):
-        t = self._transport
-        if t is None:
-            self._state = CLOSED
-            return
-        self._state = CLOSED
-        t.finish()
+        if not self.closed:
+            self._transport.finish()

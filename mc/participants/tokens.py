@@ -43,6 +43,8 @@ REFRESH_INTERVAL = 300.0
 #: Least time between two fetches, so tokens with made-up kids cannot make
 #: the MC hammer the Auth Controller.
 REFETCH_SPACING = 10.0
+#: MC_MAX_TOKEN_LIFETIME_SECONDS's default: a token valid longer is refused.
+DEFAULT_MAX_LIFETIME = 86400.0
 
 #: alg -> the JWK (kty, crv) its key must have.
 ALGORITHMS = {"EdDSA": ("OKP", "Ed25519"), "ES256": ("EC", "P-256")}
@@ -138,10 +140,11 @@ def _is_text(value):
     return isinstance(value, str) and bool(value)
 
 
-def check_claims(claims, meeting_id, audience, now, skew):
+def check_claims(claims, meeting_id, audience, now, skew, max_lifetime=DEFAULT_MAX_LIFETIME):
     """Return ``claims`` when they make a meeting token for ``meeting_id``
     valid at ``now``; else InvalidToken. ``exp`` is past once ``now`` reaches
-    ``exp + skew``; ``iat`` is in the future beyond ``now + skew``."""
+    ``exp + skew``; ``iat`` and ``nbf`` are in the future beyond ``now +
+    skew``; ``exp - iat`` may not exceed ``max_lifetime``."""
     for name in ("sub", "meeting_org_id", "jti"):
         if not _is_text(claims.get(name)):
             raise InvalidToken(f"{name} missing or not a string")
@@ -165,6 +168,14 @@ def check_claims(claims, meeting_id, audience, now, skew):
         raise InvalidToken("expired")
     if iat > now + skew:
         raise InvalidToken("iat in the future")
+    if exp - iat > max_lifetime:
+        raise InvalidToken("valid for too long")
+    if "nbf" in claims:
+        nbf = claims["nbf"]
+        if not _is_number(nbf):
+            raise InvalidToken("nbf not a number")
+        if nbf > now + skew:
+            raise InvalidToken("not valid yet")
     if audience is not None and claims.get("aud") != audience:
         raise InvalidToken("aud does not match")
     return claims
@@ -299,7 +310,8 @@ class TokenVerifier(Service):
     ``REFETCH_SPACING`` seconds ago (verifies arriving meanwhile share it).
 
     ``audience``: required ``aud`` (None: not checked). ``clock_skew``:
-    seconds of tolerance on ``exp`` and ``iat``. ``reactor``: time source and,
+    seconds of tolerance on ``exp``, ``iat`` and ``nbf``; ``max_lifetime``:
+    longest ``exp - iat`` accepted. ``reactor``: time source and,
     unless ``fetch`` (``url -> Deferred of bytes``) is given, the network and
     thread pool. ``on_refresh(outcome)``: called with ``"ok"`` or ``"error"``
     after each fetch, for metrics.
@@ -309,12 +321,13 @@ class TokenVerifier(Service):
     log = Logger()
 
     def __init__(self, jwks_url, audience, clock_skew, reactor, on_refresh=None, fetch=None,
-                 retry=None):
+                 retry=None, max_lifetime=DEFAULT_MAX_LIFETIME):
         _check_url(jwks_url)
         self._url = jwks_url
         self._log_url = redact_url(jwks_url)
         self._audience = audience or None
         self._skew = float(clock_skew)
+        self._max_lifetime = float(max_lifetime)
         self._clock = reactor
         self._fetch = fetch if fetch is not None else JwksFetcher(reactor)
         self._on_refresh = on_refresh
@@ -456,4 +469,5 @@ class TokenVerifier(Service):
             raise InvalidToken("bad signature") from None
         except jwt.PyJWTError:
             raise InvalidToken("malformed token") from None
-        return check_claims(claims, meeting_id, self._audience, self._clock.seconds(), self._skew)
+        return check_claims(claims, meeting_id, self._audience, self._clock.seconds(), self._skew,
+                            self._max_lifetime)

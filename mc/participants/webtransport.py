@@ -18,6 +18,7 @@ import contextlib
 import socket
 import time
 from enum import Enum
+from urllib.parse import urlsplit
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -44,10 +45,13 @@ from mc.participants.engine import (
     encode_frame,
     encode_uint_var,
     forget_h3_stream,
+    receiving,
     unacked,
+    writable,
 )
 from mc.participants.engine import H3ErrorCode as ErrorCode
 from mc.participants.quic import QuicEndpoint, describe, load_certificate
+from mc.participants.session_state import SessionLife, SessionState
 
 IDLE_TIMEOUT = 30.0
 CLOSE_WEBTRANSPORT_SESSION = 0x2843
@@ -66,6 +70,16 @@ LINGER_POLL = 0.05
 #: Bytes of UDP receive buffer asked for (see _enlarge_receive_buffer).
 UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
 LINGER_MAX = 2.0
+#: A connection with no joined session for this long is closed (the contract's
+#: "Limits the MC enforces").
+NO_SESSION_SECONDS = 10.0
+DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
+def _stop(quic, stream_id):
+    """STOP_SENDING for a stream the client may still send on."""
+    if receiving(quic, stream_id):
+        quic.stop_stream(stream_id, CANCELLED)
 
 
 def _enlarge_receive_buffer(sock):
@@ -138,44 +152,56 @@ class _End(Enum):
 
 @implementer(ISessionTransport)
 class WebTransportSession:
-    """One accepted session: its CONNECT stream and the client's stream."""
+    """One accepted session: its CONNECT stream, the client's stream, and
+    its ``life`` (``SessionLife``), shared with its handler."""
 
     def __init__(self, connection, connect_id, peer, handler):
+        self.life = SessionLife()
         self.peer = peer
         self.handler = handler
         self.connect_id = connect_id
         self.stream_id = None
-        self.open = True
-        self.connect_receiving = True  # until the client's FIN or reset of CONNECT
-        self.can_send = True  # until the client's STOP_SENDING on its stream
         self.capsules = _CapsuleReader()
+        self.linger = None  # while CLOSING: the call that sends the CLOSE capsule
         self._connection = connection
+
+    @property
+    def state(self):
+        return self.life.state
 
     @property
     def stream_open(self):
         return self.stream_id is not None
 
     @property
+    def join_within(self):
+        return self._connection.join_within()
+
+    @property
     def buffered(self):
-        if not self.open or self.stream_id is None:
+        if self.stream_id is None or self.life.state is SessionState.CLOSED:
             return 0
         return unacked(self._connection.quic, self.stream_id)
 
     def write(self, data):
-        if self.open and self.stream_id is not None and self.can_send:
-            self._connection.quic.send_stream_data(self.stream_id, data)
-            self._connection.link.transmit()
+        if self.life.live and self.stream_id is not None:
+            self._connection.write(self, data)
+
+    def joining(self):
+        self.life.move(SessionState.JOINING)
 
     def joined(self):
-        self._connection.link.joined()
+        self.life.move(SessionState.JOINED)
+        self._connection.session_joined()
 
     def finish(self):
-        if self.open:
-            self._connection.end_session(self, _End.FINISH, "finished")
+        self._connection.end_session(self, _End.FINISH, "finished")
 
     def abort(self):
-        if self.open:
-            self._connection.end_session(self, _End.LOST, "aborted")
+        self._connection.end_session(self, _End.LOST, "aborted")
+
+    def __repr__(self):
+        return f"<WebTransportSession {describe(self.peer)} {self.life.state.value}>"
 
 
 class WebTransportSite:
@@ -184,58 +210,141 @@ class WebTransportSite:
 
     def __init__(self, path, allowed_origins, handler_factory):
         self.path = path or "/"
-        self.allowed_origins = frozenset(allowed_origins)
+        self.allowed_origins = frozenset(normalise_origin(o) for o in allowed_origins)
         self.handler_factory = handler_factory
         self.sessions_current = 0
+
+    def origin_allowed(self, origin):
+        """No origin at all is a native client, not a browser on another site."""
+        if origin is None or not self.allowed_origins:
+            return True
+        return normalise_origin(origin.decode("utf-8", "replace")) in self.allowed_origins
+
+
+def normalise_origin(origin):
+    """``scheme://host[:port]`` with the scheme and host in lower case and a
+    default port (443 for https, 80 for http) dropped, so that an allowed
+    origin matches however a browser spells it; anything else as given."""
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        return origin
+    if not parts.scheme or not parts.hostname:
+        return origin
+    scheme, host = parts.scheme.lower(), parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or DEFAULT_PORTS.get(scheme) == port:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
 
 
 class WebTransportConnection:
     """HTTP/3 with WebTransport on one QUIC connection: the application of
-    ``QuicEndpoint`` for that connection."""
+    ``QuicEndpoint`` for that connection.
+
+    It carries one live session at a time (sessions it finished linger in
+    CLOSING until their CLOSE capsule leaves), and it is closed when it has
+    had no joined session for ``no_session_seconds`` (after it was made, or
+    after its last joined session ended)."""
 
     log = Logger()
 
-    def __init__(self, link, site):
+    def __init__(self, link, site, no_session_seconds=NO_SESSION_SECONDS):
         self.link = link
         self.h3 = None
-        self.sessions: dict[int, WebTransportSession] = {}  # by CONNECT stream id
+        self.sessions: dict[int, WebTransportSession] = {}  # not CLOSED, by CONNECT stream id
         # Streams whose QUIC events bypass H3 until their receive side ends:
         # a session's stream, or None for one drained and ignored.
-        self.taken: dict[int, WebTransportSession | None] = {}
+        self.raw: dict[int, WebTransportSession | None] = {}
         self._site = site
-        self._lost: list[WebTransportSession] = []
-        self._lingering = {}  # CONNECT stream id -> the call that will close it
+        self._lost: list[WebTransportSession] | None = None  # during a receive
+        self._no_session_seconds = no_session_seconds
+        self._deadline = None
+        self._expiry = None
+        self._arm_expiry()
 
     @property
     def quic(self):
         return self.link.quic
 
     @property
+    def state(self):
+        """Where the connection is: HANDSHAKE until HTTP/3 starts, then the
+        state of its live session (CLOSED when it has none)."""
+        if self.h3 is None and not self.sessions:
+            return SessionState.HANDSHAKE
+        live = self._live_session()
+        return SessionState.CLOSED if live is None else live.state
+
+    @property
     def closing(self):
         """Sessions finished here whose CLOSE capsule still waits."""
-        return len(self._lingering)
+        return sum(1 for s in self.sessions.values() if s.state is SessionState.CLOSING)
+
+    def join_within(self):
+        """Seconds left before the connection closes for having no joined
+        session (None while it has one)."""
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - self.link.now())
+
+    # --- the connection's lifetime without a joined session -----------------
+
+    def _arm_expiry(self):
+        if self._expiry is not None:
+            return
+        self._deadline = self.link.now() + self._no_session_seconds
+        # The session's own refusal (ErrorMessage, then the CLOSE after the
+        # client read it) comes first; the connection goes after it.
+        self._expiry = self.link.call_later(self._no_session_seconds + LINGER_MAX,
+                                            self._expired)
+
+    def _disarm_expiry(self):
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = self._deadline = None
+
+    def session_joined(self):
+        self._disarm_expiry()
+        self.link.joined()
+
+    def _expired(self):
+        self._expiry = None
+        self.log.debug("closing the connection from {peer}: no session joined within {limit:g}s",
+                       peer=describe(self.link.peer), limit=self._no_session_seconds)
+        self.link.close(ErrorCode.H3_NO_ERROR, "no session joined")
+
+    # --- QUIC events --------------------------------------------------------
 
     def quic_events(self, events):
-        for event in events:
-            if isinstance(event, ProtocolNegotiated):
-                self.h3 = H3Connection(self.quic, enable_webtransport=True)
-            elif self.h3 is None:
-                continue
-            elif (isinstance(event, (StreamDataReceived, StreamReset, StopSendingReceived))
-                  and event.stream_id in self.taken):
-                self._taken_event(event)
-            else:
-                for h3_event in self.h3.handle_event(event):
-                    self._h3_event(h3_event)
-                if isinstance(event, (StreamReset, StopSendingReceived)):
-                    self._stream_lost(event)
-        # A client closing a session may reset its stream just before its
-        # CLOSE capsule or FIN: only a reset the same receive does not
-        # explain loses the session.
-        lost, self._lost = self._lost, []
-        for session in lost:
-            if session.open:
-                self.end_session(session, _End.LOST, "stream reset")
+        self._lost = []
+        try:
+            for event in events:
+                self._quic_event(event)
+        finally:
+            # A client closing a session may reset (or stop) its stream just
+            # before its CLOSE capsule or FIN: only a loss the same receive
+            # does not explain ends the session as lost.
+            lost, self._lost = self._lost, None
+            for session in lost:
+                self.end_session(session, _End.LOST, "stream reset or stopped")
+            self._prune_raw()
+
+    def _quic_event(self, event):
+        if isinstance(event, ProtocolNegotiated):
+            self.h3 = H3Connection(self.quic, enable_webtransport=True)
+        elif self.h3 is None:
+            return
+        elif (isinstance(event, (StreamDataReceived, StreamReset, StopSendingReceived))
+              and event.stream_id in self.raw):
+            self._raw_event(event)
+        else:
+            for h3_event in self.h3.handle_event(event):
+                self._h3_event(h3_event)
+            if isinstance(event, (StreamReset, StopSendingReceived)):
+                self._stream_lost(event)
 
     def connection_ended(self, event):
         if event is None:
@@ -245,68 +354,119 @@ class WebTransportConnection:
         else:
             clean = event.error_code in CLEAN_CLOSE_CODES
             reason = f"connection closed with {event.error_code:#x}"
+        self._disarm_expiry()
         sessions = list(self.sessions.values())
         self.sessions.clear()
-        self.taken.clear()
+        self.raw.clear()
         self.h3 = None
-        for call in self._lingering.values():
-            if call.active():
-                call.cancel()
-        self._lingering.clear()
         for session in sessions:
-            try:
-                self._closed(session, clean, reason)
-            except Exception:
-                self.log.failure("session handler failed at the end of {peer}",
-                                 peer=describe(session.peer))
+            if session.life.live:
+                self._site.sessions_current -= 1
+                session.life.move(SessionState.CLOSED)
+                self._tell_closed(session, clean, reason)
+            else:
+                self._closed(session)
+
+    # --- writing: the one way onto a stream ---------------------------------
+
+    def write(self, session, data):
+        """Write on ``session``'s stream; a stream that can no longer be
+        written (the client's STOP_SENDING, already applied by QUIC though
+        not yet heard of here) loses the session."""
+        if not self._send(session.stream_id, data):
+            self._broken(session)
+
+    def _send(self, stream_id, data, end=False):
+        """Write ``data`` (and a FIN) on a stream; False, writing nothing,
+        once the stream can no longer be written."""
+        if not writable(self.quic, stream_id):
+            return False
+        self.quic.send_stream_data(stream_id, data, end_stream=end)
+        self.link.transmit()
+        return True
+
+    def _reset(self, stream_id):
+        if writable(self.quic, stream_id):
+            self.quic.reset_stream(stream_id, CANCELLED)
+
+    def _broken(self, session):
+        if self._lost is not None:
+            self._lost.append(session)
+        else:
+            self.end_session(session, _End.LOST, "stream no longer writable")
+
+    # --- ending a session ---------------------------------------------------
 
     def end_session(self, session, how, reason):
-        """End one session: settle both its streams as ``how`` says, then
-        tell its handler."""
-        del self.sessions[session.connect_id]
-        stream_id = session.stream_id
+        """End one session, once: settle both its streams as ``how`` says,
+        then tell its handler. Whatever the client already did to the
+        streams, nothing here raises."""
+        if not session.life.live:
+            return
+        was_joined = session.life.state is SessionState.JOINED
+        session.life.move(SessionState.CLOSING if how is _End.FINISH else SessionState.CLOSED)
+        self._site.sessions_current -= 1
+        stream_id, connect_id = session.stream_id, session.connect_id
         if stream_id is not None:
-            if how is _End.FINISH and session.can_send:
-                self.quic.send_stream_data(stream_id, b"", end_stream=True)
+            if how is _End.FINISH:
+                self._send(stream_id, b"", end=True)
             else:
-                self.quic.reset_stream(stream_id, CANCELLED)
-            if stream_id in self.taken:
-                self.quic.stop_stream(stream_id, CANCELLED)
-                self.taken[stream_id] = None
-        connect_id = session.connect_id
+                self._reset(stream_id)
+            self._drain(stream_id)
         if how is _End.FINISH:
-            self._close_when_read(connect_id, stream_id, self.link.now() + LINGER_MAX)
-        elif how is _End.PEER_CLOSED:
-            self.quic.send_stream_data(connect_id, b"", end_stream=True)
+            self._close_when_read(session, self.link.now() + LINGER_MAX)
         else:
-            self.quic.reset_stream(connect_id, CANCELLED)
+            if how is _End.PEER_CLOSED:
+                self._send(connect_id, b"", end=True)
+            else:
+                self._reset(connect_id)
+            del self.sessions[connect_id]
         # A browser takes STOP_SENDING on CONNECT for a broken session: after
         # our own clean close, let the client end CONNECT itself.
-        self._drain(connect_id, session.connect_receiving, stop=how is not _End.FINISH)
+        self._drain(connect_id, stop=how is not _End.FINISH)
         self.link.transmit()
-        self._closed(session, how is not _End.LOST, reason)
+        self._tell_closed(session, how is not _End.LOST, reason, was_joined)
 
-    def _close_when_read(self, connect_id, stream_id, deadline, acked=False):
+    def _tell_closed(self, session, clean, reason, was_joined=False):
+        self.log.debug("WebTransport session from {peer} closed: {reason}",
+                       peer=describe(session.peer), reason=reason, clean=clean)
+        try:
+            session.handler.session_closed(clean)
+        except Exception:
+            self.log.failure("session handler failed at the end of {peer}",
+                             peer=describe(session.peer))
+        if was_joined and self.h3 is not None:
+            self.link.unjoined()
+            self._arm_expiry()
+
+    def _close_when_read(self, session, deadline, acked=False):
         """Send the CLOSE capsule one poll after the client acknowledged the
-        stream's data (see LINGER_POLL), or at ``deadline``."""
-        self._lingering.pop(connect_id, None)
-        if self.h3 is None:  # the connection ended meanwhile
+        stream's data (see LINGER_POLL), or at ``deadline``; then the session
+        is CLOSED."""
+        session.linger = None
+        if session.life.state is not SessionState.CLOSING:  # the connection ended
             return
         if acked or self.link.now() >= deadline:
-            self.quic.send_stream_data(
-                connect_id, encode_frame(FrameType.DATA, close_capsule()), end_stream=True)
-            self.link.transmit()
+            self._send(session.connect_id, encode_frame(FrameType.DATA, close_capsule()),
+                       end=True)
+            self.sessions.pop(session.connect_id, None)
+            self._closed(session)
             return
-        done = stream_id is None or unacked(self.quic, stream_id) == 0
-        self._lingering[connect_id] = self.link.call_later(
-            LINGER_POLL, self._close_when_read, connect_id, stream_id, deadline, done)
+        done = session.stream_id is None or unacked(self.quic, session.stream_id) == 0
+        session.linger = self.link.call_later(
+            LINGER_POLL, self._close_when_read, session, deadline, done)
 
-    def _closed(self, session, clean, reason):
-        session.open = False
-        self._site.sessions_current -= 1
-        self.log.debug("WebTransport session from {peer} closed: {reason}",
-                      peer=describe(session.peer), reason=reason, clean=clean)
-        session.handler.session_closed(clean)
+    def _closed(self, session):
+        """CLOSING -> CLOSED: the session's last call is cancelled."""
+        if session.linger is not None and session.linger.active():
+            session.linger.cancel()
+        session.linger = None
+        session.life.move(SessionState.CLOSED)
+
+    def _live_session(self):
+        return next((s for s in self.sessions.values() if s.life.live), None)
+
+    # --- HTTP/3 -------------------------------------------------------------
 
     def _h3_event(self, event):
         if isinstance(event, HeadersReceived):
@@ -324,40 +484,49 @@ class WebTransportConnection:
         headers = dict(event.headers)
         stream_id = event.stream_id
         path = headers.get(b":path", b"").split(b"?", 1)[0].decode("utf-8", "replace")
-        origin = headers.get(b"origin")
         if (event.stream_ended or headers.get(b":method") != b"CONNECT"
                 or headers.get(b":protocol") != b"webtransport"):
-            self._refuse_request(stream_id, 404, "not a WebTransport CONNECT", event)
+            self._refuse_request(stream_id, 404, "not a WebTransport CONNECT")
         elif path != self._site.path:
-            self._refuse_request(stream_id, 404, "unknown path", event)
-        elif (origin is not None and self._site.allowed_origins
-              and origin.decode("utf-8", "replace") not in self._site.allowed_origins):
-            # No origin at all is a native client, not a browser on another site.
-            self._refuse_request(stream_id, 403, "origin not allowed", event)
+            self._refuse_request(stream_id, 404, "unknown path")
+        elif not self._site.origin_allowed(headers.get(b"origin")):
+            self._refuse_request(stream_id, 403, "origin not allowed")
+        elif self._live_session() is not None:
+            self._refuse_request(stream_id, 429, "one session per connection")
         else:
             self._accept(stream_id)
 
-    def _refuse_request(self, stream_id, status, reason, event):
-        self.h3.send_headers(stream_id, [(b":status", str(status).encode())], end_stream=True)
-        self._drain(stream_id, not event.stream_ended)
+    def _respond(self, stream_id, headers, end):
+        """H3 headers on a request stream, unless the client already stopped it."""
+        if not writable(self.quic, stream_id):
+            return False
+        self.h3.send_headers(stream_id, headers, end_stream=end)
+        return True
+
+    def _refuse_request(self, stream_id, status, reason):
+        self._respond(stream_id, [(b":status", str(status).encode())], True)
+        self._drain(stream_id)
         self.log.debug("WebTransport request from {peer} refused with {status}: {reason}",
-                      peer=describe(self.link.peer), status=status, reason=reason)
+                       peer=describe(self.link.peer), status=status, reason=reason)
 
     def _accept(self, connect_id):
+        if not self._respond(connect_id, [(b":status", b"200"), DRAFT_HEADER], False):
+            self._drain(connect_id)
+            return
         peer = self.link.peer
         handler = self._site.handler_factory(peer)
-        self.h3.send_headers(connect_id, [(b":status", b"200"), DRAFT_HEADER])
         session = self.sessions[connect_id] = WebTransportSession(self, connect_id, peer, handler)
         self._site.sessions_current += 1
         self.log.debug("WebTransport session from {peer} opened", peer=describe(peer))
-        handler.session_opened(session)
+        try:
+            handler.session_opened(session)
+        except Exception:
+            self.log.failure("session handler failed to open for {peer}", peer=describe(peer))
+            self.end_session(session, _End.LOST, "handler failed")
 
     def _connect_data(self, session, event):
         """Capsules and the end of a session's CONNECT stream."""
-        closing = session.capsules.feed(event.data)
-        if event.stream_ended:
-            session.connect_receiving = False
-        if closing:
+        if session.capsules.feed(event.data):
             self.end_session(session, _End.PEER_CLOSED, "client closed the session")
         elif event.stream_ended:
             self.end_session(session, _End.PEER_CLOSED, "client ended the CONNECT stream")
@@ -369,13 +538,10 @@ class WebTransportConnection:
         stream_id = event.stream_id
         session = self.sessions.get(stream_id)
         if session is not None:
-            if isinstance(event, StreamReset):
-                session.connect_receiving = False
-                self.end_session(session, _End.LOST, "CONNECT stream reset")
-            else:
-                self.end_session(session, _End.LOST, "CONNECT stream stopped")
+            if session.life.live:
+                self._lost.append(session)
         elif isinstance(event, StreamReset) and stream_id % 4 == 0:
-            self.quic.reset_stream(stream_id, CANCELLED)
+            self._reset(stream_id)
             forget_h3_stream(self.h3, stream_id)
 
     def _new_stream(self, event):
@@ -385,60 +551,76 @@ class WebTransportConnection:
         forget_h3_stream(self.h3, stream_id)
         session = self.sessions.get(event.session_id)
         bidirectional = stream_id % 4 == 0  # and client-initiated
-        if session is not None and session.stream_id is None and bidirectional:
+        if (session is not None and session.life.state is SessionState.CONNECT
+                and bidirectional):
             session.stream_id = stream_id
-            if not event.stream_ended:
-                self.taken[stream_id] = session
+            session.life.move(SessionState.AWAITING_JOIN)
+            self.raw[stream_id] = session
             self._stream_data(session, event.data, event.stream_ended)
             return
         if bidirectional:
-            self.quic.reset_stream(stream_id, CANCELLED)
-        self._drain(stream_id, not event.stream_ended)
+            self._reset(stream_id)
+        self._drain(stream_id)
 
-    def _taken_event(self, event):
+    def _raw_event(self, event):
         stream_id = event.stream_id
-        session = self.taken[stream_id]
+        session = self.raw[stream_id]
         if isinstance(event, StreamDataReceived):
             if event.end_stream:
-                del self.taken[stream_id]
+                del self.raw[stream_id]
             if session is not None:
                 self._stream_data(session, event.data, event.end_stream)
         elif isinstance(event, StreamReset):
-            del self.taken[stream_id]
-            if session is not None:
+            del self.raw[stream_id]
+            if session is not None and session.life.live:
                 self._lost.append(session)
-        elif session is not None:  # STOP_SENDING: the client will not read it
-            session.can_send = False
+        elif session is not None and session.life.live:  # STOP_SENDING: no more writes
             self._lost.append(session)
 
     def _stream_data(self, session, data, ended):
-        if data:
-            session.handler.data_received(data)
-        if ended and session.open:
-            session.handler.stream_ended()
+        """Hand the client's bytes and FIN to the handler while the session
+        lives; a handler that raises loses its session, not the connection."""
+        try:
+            if data and session.life.live:
+                session.handler.data_received(data)
+            if ended and session.life.live:
+                session.handler.stream_ended()
+        except Exception:
+            self.log.failure("session handler failed on data from {peer}",
+                             peer=describe(session.peer))
+            self.end_session(session, _End.LOST, "handler failed")
 
-    def _drain(self, stream_id, receiving, stop=True):
+    def _drain(self, stream_id, stop=True):
         """Stop reading a stream we are done with (asking the client to stop
         sending, unless ``stop`` is false); what still arrives on it is
         ignored until its receive side ends."""
         forget_h3_stream(self.h3, stream_id)
-        if receiving:
-            if stop:
-                self.quic.stop_stream(stream_id, CANCELLED)
-            self.taken[stream_id] = None
+        if stop:
+            _stop(self.quic, stream_id)
+        self.raw[stream_id] = None
+
+    def _prune_raw(self):
+        """Forget ignored streams whose receive side QUIC has closed (every
+        event of this receive was handled, so none is left for them)."""
+        for stream_id in [s for s, owner in self.raw.items()
+                          if owner is None and not receiving(self.quic, s)]:
+            del self.raw[stream_id]
 
 
 class WebTransportService(Service):
     """Listens for WebTransport on ``address`` (UDP; ``port`` is the bound
     port once started, useful when configured as 0). ``handler_factory(peer)``
     makes the ISessionHandler of each accepted session; ``now`` is the
-    monotonic clock QUIC runs on."""
+    monotonic clock QUIC runs on. ``max_pending`` and ``max_pending_per_host``
+    cap the connections without a joined session (MC-wide and per source
+    host); each is closed after ``no_session_seconds`` without one."""
 
     name = "webtransport"
     log = Logger()
 
     def __init__(self, address, cert_path, key_path, path, allowed_origins, handler_factory,
-                 reactor, now=time.monotonic, max_pending=None):
+                 reactor, now=time.monotonic, max_pending=None, max_pending_per_host=None,
+                 no_session_seconds=NO_SESSION_SECONDS):
         self.site = WebTransportSite(path, allowed_origins, handler_factory)
         self.endpoint = None
         self.port = None
@@ -448,6 +630,8 @@ class WebTransportService(Service):
         self._reactor = reactor
         self._now = now
         self._max_pending = max_pending
+        self._max_pending_per_host = max_pending_per_host
+        self._no_session_seconds = no_session_seconds
         self._listening = None
 
     @property
@@ -474,7 +658,8 @@ class WebTransportService(Service):
         engine.check()
         configuration = server_configuration(self._cert_path, self._key_path)
         endpoint = QuicEndpoint(configuration, self._connection, self._reactor, now=self._now,
-                                max_pending=self._max_pending)
+                                max_pending=self._max_pending,
+                                max_pending_per_host=self._max_pending_per_host)
         self._listening = self._reactor.listenUDP(
             self._address.port, endpoint, interface=self._address.host)
         self.endpoint = endpoint
@@ -492,7 +677,7 @@ class WebTransportService(Service):
             self.endpoint.use_configuration(configuration)
 
     def _connection(self, link):
-        return WebTransportConnection(link, self.site)
+        return WebTransportConnection(link, self.site, self._no_session_seconds)
 
     def stopService(self):
         """Close every connection (their sessions end not clean) and stop

@@ -7,6 +7,7 @@ from zope.interface import implementer
 
 from mc.errors import GcCallError, InvalidToken, NoJwks
 from mc.interfaces import IGcClient, ISessionTransport, ISystemProbe, ITokenVerifier
+from mc.participants.session_state import SessionLife, SessionState
 from mc.proto import gc_mc_pb2 as pb
 
 
@@ -110,8 +111,9 @@ class TableTokenVerifier:
         self.held = []
 
     def add(self, token, meeting_id, sub, **claims):
+        """A valid token; its ``jti`` is the token itself unless given."""
         self.tokens[token] = {"sub": sub, "meeting_id": meeting_id, "token_type": "meeting",
-                              **claims}
+                              "jti": token, **claims}
 
     def age(self):
         return 0.0 if self.ready else None
@@ -143,25 +145,49 @@ class TableTokenVerifier:
 
 @implementer(ISessionTransport)
 class RecordingTransport:
-    """A session transport that records what signalling writes and tells the
-    handler of its end the way the real one does (exactly once)."""
+    """A session transport that records what signalling writes, moves the
+    real ``SessionLife`` as the real one does, and tells the handler of its
+    end the way the real one does (exactly once). ``writable`` False plays a
+    client that stopped the stream (STOP_SENDING): the next write loses the
+    session."""
 
     def __init__(self, handler=None, peer=("127.0.0.1", 50000)):
         self.handler = handler
         self.peer = peer
-        self.stream_open = False
+        self.life = SessionLife()
+        self.join_within = None
         self.buffered = 0
         self.written = []
+        self.writable = True
         self.finished = False
         self.aborted = False
         self.is_joined = False
 
+    @property
+    def state(self):
+        return self.life.state
+
+    @property
+    def stream_open(self):
+        return self.life.state is not SessionState.CONNECT
+
+    def open_stream(self):
+        self.life.move(SessionState.AWAITING_JOIN)
+
+    def joining(self):
+        self.life.move(SessionState.JOINING)
+
     def joined(self):
+        self.life.move(SessionState.JOINED)
         self.is_joined = True
 
     def write(self, data):
-        if not (self.finished or self.aborted):
-            self.written.append(bytes(data))
+        if not self.life.live:
+            return
+        if not self.writable:
+            self.abort()
+            return
+        self.written.append(bytes(data))
 
     def finish(self):
         self._end(True)
@@ -170,8 +196,9 @@ class RecordingTransport:
         self._end(False)
 
     def _end(self, clean):
-        if self.finished or self.aborted:
+        if not self.life.live:
             return
+        self.life.move(SessionState.CLOSED)
         self.finished, self.aborted = clean, not clean
         if self.handler is not None:
             self.handler.session_closed(clean)
