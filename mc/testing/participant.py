@@ -44,12 +44,12 @@ class Participant:
         self.joined = None  # the JoinResponse, once ``join`` returns
 
     @classmethod
-    async def open(cls, url, *, origin=None, idle_timeout=30.0, timeout=5.0):
-        """Connect to the MC's WebTransport URL and open the session and its
-        stream, without joining."""
+    async def open(cls, url, *, origin=None, idle_timeout=30.0, timeout=5.0, local_host=None):
+        """Connect to the MC's WebTransport URL (from ``local_host`` when
+        given) and open the session and its stream, without joining."""
         parts = urlsplit(url)
         client = await connect(parts.hostname, parts.port or 443, idle_timeout=idle_timeout,
-                               timeout=timeout)
+                               timeout=timeout, local_host=local_host)
         session = await client.open_session(parts.path or "/", origin, timeout=timeout)
         if session.status != 200:
             raise ConnectionRefusedError(f"CONNECT answered {session.status}")
@@ -57,11 +57,12 @@ class Participant:
 
     @classmethod
     async def join(cls, url, meeting_id, token, name, *, correlation_id="", binding_token="",
-                   origin=None, idle_timeout=30.0, timeout=5.0):
+                   origin=None, idle_timeout=30.0, timeout=5.0, local_host=None):
         """Open a session and send the JoinRequest; return the participant
         once the MC answered (``joined`` holds the JoinResponse, or None
         when it answered otherwise: see ``messages``)."""
-        p = await cls.open(url, origin=origin, idle_timeout=idle_timeout, timeout=timeout)
+        p = await cls.open(url, origin=origin, idle_timeout=idle_timeout, timeout=timeout,
+                           local_host=local_host)
         p.send(join_request(meeting_id, token, name, correlation_id, binding_token))
         first = await p.next(timeout)
         p.joined = first.join_response if first.HasField("join_response") else None
