@@ -5,7 +5,8 @@ setup(
     version="0.1.0",
     description="Meeting Controller: hosts the meetings a Global Controller assigns",
     python_requires=">=3.10",
-    packages=["mc", "mc.proto", "mc.gc", "mc.redis", "mc.participants", "mc.ops", "mc.testing",
+    packages=["mc", "mc.proto", "mc.gc", "mc.redis", "mc.participants", "mc.ops", "mc.mh",
+              "mc.testing",
               "twisted.plugins"],
     package_data={"mc.redis": ["lua/*.lua"]},
     include_package_data=True,
@@ -28,6 +29,14 @@ setup(
         # Meeting tokens: JWS signature and claim checks, EdDSA and ES256 via cryptography.
         "PyJWT[crypto]>=2.8",
         "cryptography>=42",
+        # W3C trace context (issue 20): the propagator parses and writes
+        # traceparent/tracestate instead of a hand parser, the SDK gives the
+        # MC span ids of its own (the API alone only passes the caller's on),
+        # and the OTLP/gRPC exporter sends spans when OTEL_EXPORTER_OTLP_ENDPOINT
+        # is set (over the grpcio already used).
+        "opentelemetry-api>=1.30,<2",
+        "opentelemetry-sdk>=1.30,<2",
+        "opentelemetry-exporter-otlp-proto-grpc>=1.30,<2",
     ],
     extras_require={
         "test": [

@@ -46,8 +46,8 @@ class CorruptGeneration(StoreError):
         self.meeting_id = meeting_id
 
 
-class GcCallError(Exception):
-    """A call to the GC failed; ``code`` is the ``grpc.StatusCode`` name
+class CallError(Exception):
+    """A gRPC call to a peer failed; ``code`` is the ``grpc.StatusCode`` name
     (e.g. ``"NOT_FOUND"``, ``"UNAVAILABLE"``)."""
 
     def __init__(self, method, code, details=""):
@@ -55,6 +55,10 @@ class GcCallError(Exception):
         self.method = method
         self.code = code
         self.details = details
+
+
+class GcCallError(CallError):
+    """A call to the GC failed."""
 
 
 class InvalidToken(Exception):
@@ -68,3 +72,8 @@ class InvalidToken(Exception):
 
 class NoJwks(Exception):
     """No JWKS was ever loaded, so no meeting token can be checked."""
+
+
+class MhCallError(CallError):
+    """A call to a media handler failed (``"UNAVAILABLE"`` too when it could
+    not be reached within the connect timeout)."""

@@ -194,3 +194,16 @@ class IParticipantSink(Interface):
     def deliver(event):
         """Send ``event`` (Joined, Left, MuteChanged or Redirect) to the
         participant; never raises, never blocks."""
+
+
+class IMhClient(Interface):
+    """The MC's calls to media handlers; called on the reactor thread."""
+
+    def register_meeting(grpc_url, request, metadata):
+        """RegisterMeeting on the MH at ``grpc_url`` (``http(s)://host:port``)
+        with ``metadata`` (the service token, the trace context): a Deferred
+        firing with the RegisterMeetingResponse or failing with
+        ``mc.errors.MhCallError``; cancelling it abandons the call."""
+
+    def close():
+        """Release every channel; no call may be made afterwards."""

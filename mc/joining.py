@@ -98,6 +98,13 @@ class JoinService(Service):
         self._outcomes = {o: metrics.joins.labels(o) for o in OUTCOMES}
         self._reconnects = {o: metrics.reconnects.labels(o) for o in RECONNECT_OUTCOMES}
         registry.on_removed(self._meeting_removed)
+        self._first_join_observers = []
+
+    def on_first_join(self, observer):
+        """Call ``observer(meeting)`` when a meeting admits its first
+        participant in this process (again after it moved away and back),
+        within the join's call: the observer must return at once."""
+        self._first_join_observers.append(observer)
 
     def connected(self):
         """Participants with a session open now (a shutdown waits for none):
@@ -190,7 +197,16 @@ class JoinService(Service):
                       participant_id=p.participant_id, meeting_id=meeting_id,
                       user_id=p.user_id)
         p.correlation_id = new_correlation_id()
+        if p.user_id == 1:  # user ids count this meeting actor's admissions from 1
+            self._first_joined(meeting)
         return self._admission(p)
+
+    def _first_joined(self, meeting):
+        for observer in list(self._first_join_observers):
+            try:
+                observer(meeting)
+            except Exception:
+                self.log.failure("first-join observer failed", meeting_id=meeting.meeting_id)
 
     async def _reconnect(self, meeting_id, token, sink, correlation_id, binding_token):
         """The same participant on a new session: its latest binding token,

@@ -37,6 +37,13 @@ VOLUNTARY = "VOLUNTARY"
 KICKED = "KICKED"
 TIMEOUT = "TIMEOUT"
 
+#: Media connections kept per meeting (MHs' reports), as the platform's MC keeps.
+MAX_MEDIA_CONNECTIONS_PER_MEETING = 1000
+#: ``Meeting.media_connected`` outcomes.
+RECORDED = "recorded"
+DUPLICATE = "duplicate"
+FULL = "full"
+
 #: ``RedirectToMc`` reasons.
 DRAINING = "draining"
 MOVED = "moved"
@@ -97,7 +104,8 @@ class Participant:
     the participant is disconnected and holds its place (the grace)."""
 
     __slots__ = ("participant_id", "user_id", "sub", "name", "joined_at_ms", "audio_muted",
-                 "video_muted", "sink", "meeting", "correlation_id", "proof", "jti")
+                 "video_muted", "sink", "meeting", "correlation_id", "proof", "jti",
+                 "media_connections")
 
     def __init__(self, meeting, participant_id, user_id, sub, name, joined_at_ms, sink,
                  jti=None):
@@ -113,6 +121,7 @@ class Participant:
         self.correlation_id = ""  # with the proof of its latest binding token:
         self.proof = None  # what a reconnect must prove
         self.jti = jti  # the meeting token whose place this is
+        self.media_connections = None  # the MHs' handler ids it is connected to, as they say
 
     @property
     def muted(self):
@@ -131,6 +140,7 @@ class Meeting:
     __slots__ = (
         "meeting_id", "generation", "mh_assignments", "created_at", "ending",
         "_idle_since", "_participants", "_by_jti", "_registry", "_next_user_id",
+        "media_connection_count",
     )
 
     def __init__(self, registry, meeting_id, generation, mh_assignments, now):
@@ -144,6 +154,7 @@ class Meeting:
         self._participants = _NOBODY
         self._by_jti = _NOBODY  # meeting token jti -> the participant holding its place
         self._next_user_id = 1
+        self.media_connection_count = 0
 
     @property
     def idle_since(self):
@@ -223,6 +234,27 @@ class Meeting:
         self._fan_out(Joined(p), but=p)
         return p
 
+    def media_connected(self, p, handler_id):
+        """An MH reports ``p`` connected to it: RECORDED, DUPLICATE, or FULL
+        when the meeting holds MAX_MEDIA_CONNECTIONS_PER_MEETING already."""
+        if p.media_connections is not None and handler_id in p.media_connections:
+            return DUPLICATE
+        if self.media_connection_count >= MAX_MEDIA_CONNECTIONS_PER_MEETING:
+            return FULL
+        if p.media_connections is None:
+            p.media_connections = set()
+        p.media_connections.add(handler_id)
+        self.media_connection_count += 1
+        return RECORDED
+
+    def media_disconnected(self, p, handler_id):
+        """An MH reports ``p`` gone from it; False when it was not known connected."""
+        if p.media_connections is None or handler_id not in p.media_connections:
+            return False
+        p.media_connections.discard(handler_id)
+        self.media_connection_count -= 1
+        return True
+
     def leave(self, p, reason, now):
         """Remove ``p`` (a no-op if already gone) and tell everyone else why."""
         if self._remove(p, now):
@@ -235,6 +267,9 @@ class Meeting:
         if self._by_jti.get(p.jti) is p:
             del self._by_jti[p.jti]
         p.sink = None
+        if p.media_connections is not None:
+            self.media_connection_count -= len(p.media_connections)
+            p.media_connections = None
         if not self._participants:
             self.idle_since = now
         if self._registry is not None:
@@ -388,6 +423,10 @@ class MeetingRegistry:
             except Exception:
                 self.log.failure("meeting removal observer failed")
         return m
+
+    def media_connections(self):
+        """MH connections reported open across the hosted meetings."""
+        return sum(m.media_connection_count for m in self._meetings.values())
 
     def idle(self, idle_seconds):
         """Meetings whose last participant left at least ``idle_seconds`` ago

@@ -40,6 +40,7 @@ from twisted.python.reflect import fullyQualifiedName, namedAny
 from zope.interface import provider
 
 from mc.config import Secret
+from mc.tracing import current_trace_id
 
 REDACTED = "<redacted>"
 
@@ -104,6 +105,23 @@ def secrets_filter(observer, secrets):
     return filtered
 
 
+def trace_filter(observer, text=False):
+    """Wrap ``observer`` so an event logged while a span is current (a join,
+    an assignment, what they cause) carries its ``trace_id``; with ``text``,
+    the line shows it too."""
+
+    @provider(ILogObserver)
+    def traced(event):
+        trace_id = current_trace_id()
+        if trace_id is not None and "trace_id" not in event:
+            event = dict(event, trace_id=trace_id)
+            if text and event.get("log_format") is not None:
+                event["log_format"] += " [trace_id={trace_id}]"
+        observer(event)
+
+    return traced
+
+
 def _jsonable(value):
     try:
         json.dumps(value)
@@ -165,10 +183,11 @@ def _log_file():
     return out
 
 
-def _filtered(observer):
-    """``observer`` behind the level filter, then the secrets filter: the level
-    is checked first, so an event below it is dropped before any formatting."""
-    return FilteringLogObserver(secrets_filter(observer, _secrets),
+def _filtered(observer, text=False):
+    """``observer`` behind the level filter, the trace id, then the secrets
+    filter: the level is checked first, so an event below it is dropped
+    before any formatting."""
+    return FilteringLogObserver(trace_filter(secrets_filter(observer, _secrets), text),
                                 [LogLevelFilterPredicate(_level["level"])])
 
 
@@ -181,7 +200,7 @@ def json_logger():
 def text_logger():
     """A ``twistd --logger`` factory: twistd's usual text lines where twistd
     would write its log, at the configured level, secrets redacted."""
-    return _filtered(textFileLogObserver(_log_file()))
+    return _filtered(textFileLogObserver(_log_file()), text=True)
 
 
 def register_secrets(config):

@@ -77,6 +77,24 @@ class Metrics:
             "mc_jwks_age_seconds", "Seconds since the JWKS was last loaded (-1: never)",
             registry=r)
 
+        self.mh_registrations = Counter(
+            "mc_mh_registrations_total", "RegisterMeeting with one MH, by what caused it "
+            "(first_join, reported) and how it ended (accepted, refused, failed after the "
+            "last attempt, abandoned: the meeting left)", ["trigger", "outcome"], registry=r)
+        self.mh_register_attempts = Counter(
+            "mc_mh_register_attempts_total", "RegisterMeeting calls, by result (accepted, "
+            "refused, no_token, or the gRPC status code)", ["result"], registry=r)
+        self.mh_reports = Counter(
+            "mc_mh_reports_total", "MediaCoordinationService reports from MHs, by kind "
+            "(connected, disconnected) and outcome", ["kind", "outcome"], registry=r)
+        self.media_connections = Gauge(
+            "mc_media_connections_current", "Participants' MH connections reported open, "
+            "across hosted meetings", registry=r)
+        self.client_media_statuses = Counter(
+            "mc_client_media_statuses_total", "MH connection statuses in participants' "
+            "MediaConnectionUpdates, by state (ignored: beyond the ones looked at)",
+            ["state"], registry=r)
+
         self.build_info = Gauge(
             "mc_build_info", "Always 1: what this MC runs (package version, Python, QUIC "
             "engine and its version)", ["version", "python", "quic_engine"], registry=r)

@@ -7,6 +7,7 @@ transport's ``SessionState``, shared with it: one place, one table of moves
 (``mc.participants.session_state``).
 """
 
+import contextlib
 import struct
 import time
 from collections import deque
@@ -18,6 +19,7 @@ from zope.interface import implementer
 from mc.interfaces import IParticipantSink, ISessionHandler
 from mc.joining import Gone, Redirected, Refused
 from mc.meetings import KICKED, Joined, Left, MuteChanged, Redirect, Replaced
+from mc.mh.registration import MhStatus
 from mc.participants.session_state import LIVE, SessionState
 from mc.proto import signaling_pb2 as pb
 
@@ -26,8 +28,23 @@ MAX_FRAME_BYTES = 65536
 JOIN_TIMEOUT_SECONDS = 10.0
 MESSAGES_PER_SECOND = 20
 MAX_UNREAD_BYTES = 1024 * 1024
+#: A client's strings are cut to this many bytes before they are kept or logged.
+MAX_CLIENT_STRING_BYTES = 256
 
 _LENGTH = struct.Struct(">I")
+
+
+def cut_utf8(text, limit=MAX_CLIENT_STRING_BYTES):
+    """``text`` cut to at most ``limit`` bytes of UTF-8, at a character boundary."""
+    if len(text) * 4 <= limit:
+        return text
+    return text.encode("utf-8")[:limit].decode("utf-8", "ignore")
+
+
+def media_statuses(update):
+    """A MediaConnectionUpdate's statuses as ``MhStatus``, strings cut."""
+    return [MhStatus(cut_utf8(s.mh_url), s.state, cut_utf8(s.failure_reason),
+                     cut_utf8(s.failure_code)) for s in update.statuses]
 
 
 class FrameError(ValueError):
@@ -171,12 +188,16 @@ class SignalingSession:
     transport; this class keeps no flag of its own about it.
 
     ``now`` is the monotonic clock the rate limit reads; ``clock`` runs the
-    join timer."""
+    join timer. ``media``: the MeetingRegistrar hearing participants'
+    MediaConnectionUpdates; ``tracing``: ``mc.tracing.Tracing``, continuing
+    clients' trace context."""
 
     log = Logger()
 
-    def __init__(self, joins, clock, peer=None, now=time.monotonic):
+    def __init__(self, joins, clock, peer=None, now=time.monotonic, media=None, tracing=None):
         self._joins = joins
+        self._media = media
+        self._tracing = tracing
         self._clock = clock
         self._now = now
         self._peer = peer
@@ -275,7 +296,7 @@ class SignalingSession:
             if kind != "join_request":
                 self._refuse("INVALID_REQUEST", "the first message must be a JoinRequest")
                 return
-            self._start_join(message.join_request)
+            self._start_join(message)
         elif state is SessionState.JOINING:
             # Bounded while a JWKS fetch holds the join (up to its timeout).
             if len(self._queued) >= MESSAGES_PER_SECOND:
@@ -289,6 +310,10 @@ class SignalingSession:
         if kind == "mute_request":
             r = message.mute_request
             self._joins.set_mute(self.participant, r.audio_muted, r.video_muted)
+        elif kind == "media_connection_update" and self._media is not None:
+            with self._traced("media_connection_update", message):
+                self._media.client_report(self.participant,
+                                          media_statuses(message.media_connection_update))
         elif kind == "join_request":
             self._send(error_frame("INVALID_REQUEST", "already joined"))
         else:
@@ -296,14 +321,27 @@ class SignalingSession:
 
     # --- joining ------------------------------------------------------------
 
-    def _start_join(self, request):
+    def _traced(self, name, message, end=True):
+        """The span of the MC's under the message's trace context, current
+        within the block (nothing without tracing)."""
+        if self._tracing is None:
+            return contextlib.nullcontext()
+        return self._tracing.continued(name, message.trace_parent, message.trace_state, end)
+
+    def _start_join(self, message):
+        request = message.join_request
         self._cancel_join_timer()
         self._transport.joining()
-        d = defer.ensureDeferred(self._joins.join(
-            request.meeting_id, request.join_token, request.participant_name, self,
-            request.correlation_id, request.binding_token))
-        d.addCallbacks(self._joined, self._not_joined)
-        d.addErrback(self._bug)
+        # The join runs in a copy of the current context: its log lines and
+        # the calls it causes carry the span's trace id.
+        with self._traced("join", message, end=False) as span:
+            d = defer.ensureDeferred(self._joins.join(
+                request.meeting_id, request.join_token, request.participant_name, self,
+                request.correlation_id, request.binding_token))
+            d.addCallbacks(self._joined, self._not_joined)
+            d.addErrback(self._bug)
+        if span is not None:
+            d.addBoth(lambda result: (span.end(), result)[1])
 
     def _joined(self, admission):
         """Admitted: the join service commits nothing for a session already

@@ -5,10 +5,11 @@ from collections import deque
 from twisted.internet import defer
 from zope.interface import implementer
 
-from mc.errors import GcCallError, InvalidToken, NoJwks
-from mc.interfaces import IGcClient, ISessionTransport, ISystemProbe, ITokenVerifier
+from mc.errors import GcCallError, InvalidToken, MhCallError, NoJwks
+from mc.interfaces import IGcClient, IMhClient, ISessionTransport, ISystemProbe, ITokenVerifier
 from mc.participants.session_state import SessionLife, SessionState
 from mc.proto import gc_mc_pb2 as pb
+from mc.proto import media_pb2
 
 
 @implementer(IGcClient)
@@ -202,3 +203,36 @@ class RecordingTransport:
         self.finished, self.aborted = clean, not clean
         if self.handler is not None:
             self.handler.session_closed(clean)
+
+
+@implementer(IMhClient)
+class ScriptedMhClient:
+    """Records every RegisterMeeting ``(grpc_url, request, metadata, time)``;
+    each answers from a queue of scripted outcomes per URL, or accepts. An
+    outcome is ``True`` / ``False`` (accepted), an ``MhCallError`` code name
+    (``"UNAVAILABLE"``), or ``"hold"`` for a Deferred the test fires (``held``)."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.calls = []
+        self.scripts = {}
+        self.held = []
+        self.closed = False
+
+    def script(self, grpc_url, *outcomes):
+        self.scripts.setdefault(grpc_url, deque()).extend(outcomes)
+
+    def register_meeting(self, grpc_url, request, metadata):
+        self.calls.append((grpc_url, request, dict(metadata), self.clock.seconds()))
+        queue = self.scripts.get(grpc_url)
+        outcome = queue.popleft() if queue else True
+        if outcome == "hold":
+            d = defer.Deferred()
+            self.held.append(d)
+            return d
+        if isinstance(outcome, str):
+            return defer.fail(MhCallError("RegisterMeeting", outcome, "scripted"))
+        return defer.succeed(media_pb2.RegisterMeetingResponse(accepted=outcome))
+
+    def close(self):
+        self.closed = True
