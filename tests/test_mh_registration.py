@@ -39,6 +39,8 @@ class Identity:
 
 
 class Sink:
+    closed = False
+
     def deliver(self, event):
         pass
 

@@ -45,11 +45,11 @@ class Rig:
         self.meeting = self.registry.commit(self.registry.reserve("m-1"), 1, (A,))
 
     def join(self, name="Ann", **trace):
-        s = SignalingSession(self.joins, self.clock, ("127.0.0.1", 1), media=self.registrar,
-                             tracing=self.tracing)
+        s = SignalingSession(self.joins, self.clock, ("127.0.0.1", 1), now=self.clock.seconds,
+                             media=self.registrar, tracing=self.tracing)
         t = RecordingTransport(s)
         s.session_opened(t)
-        t.stream_open = True
+        t.open_stream()
         self.tokens.add(f"tok-{name}", "m-1", f"user-{name}")
         send(s, pb.ClientMessage(join_request=pb.JoinRequest(
             meeting_id="m-1", join_token=f"tok-{name}", participant_name=name), **trace))
@@ -133,9 +133,11 @@ def test_a_1_mib_string_breaks_the_frame_limit_and_only_that_session():
 
 def test_updates_before_the_join_are_refused_as_any_first_message():
     rig = Rig()
-    s = SignalingSession(rig.joins, rig.clock, media=rig.registrar, tracing=rig.tracing)
+    s = SignalingSession(rig.joins, rig.clock, now=rig.clock.seconds, media=rig.registrar,
+                         tracing=rig.tracing)
     t = RecordingTransport(s)
     s.session_opened(t)
+    t.open_stream()
     send(s, update(status(A[1])))
     assert error_of(t)[0] == "INVALID_REQUEST" and t.finished
 
