@@ -292,6 +292,20 @@ def parse_choice(*choices):
     return parse
 
 
+def parse_python_gc_thresholds(option, value):
+    """``g0,g1,g2`` for gc.set_threshold, or ``python``: the interpreter's
+    own (700,10,10) and no freeze (None)."""
+    if value == "python":
+        return None
+    parts = value.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+        raise ConfigError(option, f"{value!r} is not g0,g1,g2 (three integers) or python")
+    thresholds = tuple(int(p) for p in parts)
+    if thresholds[0] < 1:
+        raise ConfigError(option, "g0 must be at least 1 (0 disables the collector)")
+    return thresholds
+
+
 def parse_token(option, value):
     """A bearer token the GC would accept: 1-8192 printable ASCII bytes."""
     value = value.strip()
@@ -401,6 +415,10 @@ SETTINGS = (
             _seconds(0, 20), "Seconds this MC keeps hosting without Redis confirming its "
             "ownership; below the GC's 30 s staleness [default, 0: the GC's fast heartbeat "
             "interval]"),
+    Setting("python_gc_thresholds", "MC_PYTHON_GC_THRESHOLDS", "python-gc-thresholds",
+            "50000,20,100", parse_python_gc_thresholds,
+            "Python's garbage collector: g0,g1,g2 thresholds, start-up's objects frozen "
+            "once started; python leaves the interpreter's (700,10,10) and freezes nothing"),
     Setting("lag_threshold", "MC_REACTOR_LAG_THRESHOLD", "lag-threshold", 0.5,
             _seconds(0.01, 60), "Reactor lag (seconds) above which health is DEGRADED"),
     Setting("gc_deadline", "MC_GC_DEADLINE_SECONDS", "gc-deadline", 10.0, _seconds(0.1, 60),
@@ -494,6 +512,7 @@ class Config:
     shutdown_grace: float
     meeting_idle: float
     ownership_lease: float
+    python_gc_thresholds: tuple
     lag_threshold: float
     gc_deadline: float
     http_idle: float

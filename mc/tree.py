@@ -13,6 +13,7 @@ from mc.gc.liaison import GcLiaison
 from mc.joining import JoinService
 from mc.lease import Lease
 from mc.meetings import MeetingRegistry
+from mc.ops.collector import CollectorService
 from mc.ops.health import Health, HealthMonitor
 from mc.ops.lifecycle import Lifecycle
 from mc.ops.logs import register_secret_values
@@ -120,6 +121,8 @@ def build_tree(config, reactor):
     # A changed file reloads as SIGHUP does; whatever a Reloadable reads is watched.
     root.watcher = FileWatcher(reloader.paths, lambda: reloader.reload("file change"), reactor,
                                mode=config.file_watch)
+    root.collector = CollectorService(config.python_gc_thresholds, metrics.observe_python_gc,
+                                      reactor)
     root.lifecycle = Lifecycle(config, reactor, health, registry, liaison, root.grpc, joins,
                                closing=lambda: root.webtransport.closing_sessions,
                                reload=reloader.reload)
@@ -128,7 +131,7 @@ def build_tree(config, reactor):
     # and are cut off (stop is the reverse) before them.
     for service in (root.http, store, root.monitor, ownership, assignment, tokens, joins,
                     root.webtransport, root.grpc, liaison, reloader, root.watcher,
-                    root.lifecycle):
+                    root.lifecycle, root.collector):
         service.setServiceParent(root)
     return root
 

@@ -31,6 +31,8 @@ def test_defaults():
     assert (c.shutdown_grace, c.meeting_idle) == (30.0, 300.0)
     assert (c.log_format, c.log_level) == ("text", "info")
     assert c.quic_engine == "aioquic"
+    assert c.python_gc_thresholds == (50_000, 20, 100)
+    assert parse(["--python-gc-thresholds", "python"]).python_gc_thresholds is None
     assert c.service_token.reveal() == "s3cret-service"
     assert [t.reveal() for t in c.gc_tokens] == ["gc-one", "gc-two"]
     assert re.fullmatch(r"mc-[A-Za-z0-9_-]+", c.mc_id)
@@ -90,6 +92,9 @@ def test_advertise_default_follows_grpc_port():
     (["--log-level", "verbose"], {}, "--log-level: 'verbose' is not one of debug, info, warn"),
     (["--gc-ca-file", "/nonexistent/ca.pem"], {}, "MC_GC_CA_FILE / --gc-ca-file: file does"),
     ([], {"MC_QUIC_ENGINE": "quiche"}, "MC_QUIC_ENGINE: 'quiche' is not one of aioquic, qh3"),
+    (["--python-gc-thresholds", "1,2"], {}, "--python-gc-thresholds: '1,2' is not g0,g1,g2"),
+    ([], {"MC_PYTHON_GC_THRESHOLDS": "a,b,c"}, "MC_PYTHON_GC_THRESHOLDS: 'a,b,c' is not"),
+    ([], {"MC_PYTHON_GC_THRESHOLDS": "0,10,10"}, "MC_PYTHON_GC_THRESHOLDS: g0 must be at"),
 ])
 def test_bad_values_name_the_option(args, env, message):
     with pytest.raises(usage.UsageError) as e:

@@ -19,7 +19,7 @@ from tests.configs import PARTICIPANT_ENV, TEST_GC_TOKEN, TEST_SERVICE_TOKEN
 from tests.helpers import wait_until
 
 ORDER = ["http", "redis-store", "health-monitor", "ownership", "meetings", "jwks", "joins",
-         "webtransport", "grpc", "gc-liaison", "reload", "watch", "lifecycle"]
+         "webtransport", "grpc", "gc-liaison", "reload", "watch", "lifecycle", "python-gc"]
 
 
 @pytest.fixture

@@ -2,8 +2,10 @@
 reactor, the engine's client (``mc.testing.wtclient``) on its own asyncio thread;
 and one in-memory test of the QUIC timers on a ``Clock``."""
 
+import gc
 import os
 import socket
+import weakref
 
 import pytest
 import pytest_twisted
@@ -16,6 +18,7 @@ from zope.interface.verify import verifyObject
 from mc.config import Address
 from mc.errors import ConfigError
 from mc.interfaces import ISessionHandler, ISessionTransport
+from mc.participants import engine
 from mc.participants.engine import (
     H3_ALPN,
     Buffer,
@@ -456,6 +459,39 @@ async def test_nothing_accumulates_over_sessions_and_connections(server, wt):
     await wt(client.close, 0)
     await wait_until(lambda: not links(service))
     assert_all_freed(service)
+
+
+@pytest.mark.skipif(engine.NAME != "aioquic", reason="aioquic's Python state")
+@pytest_twisted.ensureDeferred
+async def test_handshake_buffers_are_released_and_bytes_still_flow(server, wt):
+    service = server(echo=True)
+    client, session, stream, handler = await open_stream(wt, service)
+    (link,) = links(service)
+    assert [b.capacity for b in link.quic._crypto_buffers.values()] == [0, 0, 0]
+    await wt(stream.send, b"after the trim")
+    await wait_until(lambda: bytes(stream.data) == b"hiafter the trim")
+    await wt(client.close, 0)
+    await wait_until(lambda: not links(service))
+
+
+@pytest.mark.skipif(engine.NAME != "aioquic", reason="aioquic's Python state")
+@pytest_twisted.ensureDeferred
+async def test_a_closed_connection_is_freed_without_the_cyclic_collector(server, wt):
+    service = server()
+    client, session, stream, handler = await open_stream(wt, service)
+    (link,) = links(service)
+    # Objects inside the connection's cycles (bound methods of it): only
+    # reference counting can free them while the collector is off.
+    inner = [weakref.ref(link.quic._loss), weakref.ref(link.quic.tls)]
+    gc.disable()
+    try:
+        await wt(client.close, 0)
+        await wait_until(lambda: not links(service))
+        assert handler.closed == [True]
+        assert link.app is None and vars(link.quic) == {}
+        assert [ref() for ref in inner] == [None, None]
+    finally:
+        gc.enable()
 
 
 @pytest_twisted.ensureDeferred

@@ -11,6 +11,8 @@ ASSIGNMENT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25
                       1.0, 2.5, 5.0, 10.0)
 JOIN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+GC_PAUSE_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                    1.0)
 
 
 class Metrics:
@@ -95,6 +97,11 @@ class Metrics:
             "MediaConnectionUpdates, by state (ignored: beyond the ones looked at)",
             ["state"], registry=r)
 
+        self.python_gc_pause = Histogram(
+            "mc_python_gc_pause_seconds", "Pauses of Python's cyclic garbage collector (the "
+            "reactor stops meanwhile), by the oldest generation collected", ["generation"],
+            buckets=GC_PAUSE_BUCKETS, registry=r)
+
         self.build_info = Gauge(
             "mc_build_info", "Always 1: what this MC runs (package version, Python, QUIC "
             "engine and its version)", ["version", "python", "quic_engine"], registry=r)
@@ -104,6 +111,9 @@ class Metrics:
         name, labelled with its installed version (``aioquic-1.7.2``)."""
         self.build_info.labels(_installed("mc"), platform.python_version(),
                                f"{quic_engine}-{_installed(quic_engine)}").set(1)
+
+    def observe_python_gc(self, generation, seconds):
+        self.python_gc_pause.labels(str(generation)).observe(seconds)
 
     def observe_lag(self, lag):
         self.reactor_lag.set(lag)

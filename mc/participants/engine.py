@@ -14,6 +14,7 @@ the engine so that an upgrade that moved one fails start-up with a message
 that names it, rather than the first participant's session.
 """
 
+import functools
 import importlib
 import importlib.metadata
 import os
@@ -63,6 +64,7 @@ QuicConnection = _connection.QuicConnection
 ConnectionIdIssued = _events.ConnectionIdIssued
 ConnectionIdRetired = _events.ConnectionIdRetired
 ConnectionTerminated = _events.ConnectionTerminated
+HandshakeCompleted = _events.HandshakeCompleted
 ProtocolNegotiated = _events.ProtocolNegotiated
 StopSendingReceived = _events.StopSendingReceived
 StreamDataReceived = _events.StreamDataReceived
@@ -161,11 +163,39 @@ def peer_address(quic):
     return tuple(quic.get_peer_address()[:2])
 
 
+def trim_after_handshake(quic):
+    """Release what a server connection keeps only for its handshake.
+    aioquic keeps three 16 KiB TLS output buffers (one per epoch) for the
+    connection's life, though a QUIC server writes no TLS message after its
+    handshake unless it issues session tickets, which the MC does not:
+    about 24 KiB resident per participant (bench/results.md). qh3's
+    compiled core keeps its own state: nothing to do there."""
+    if NAME == "aioquic":
+        buffers = quic._crypto_buffers
+        for epoch in buffers:
+            buffers[epoch] = Buffer(capacity=0)
+
+
+def release(quic):
+    """Break a forgotten connection's reference cycles (its frame-handler
+    table, loss recovery and TLS callbacks hold bound methods of it), so
+    that reference counting frees it at once instead of a full collection
+    walking it: the connection is unusable afterwards."""
+    quic.__dict__.clear()
+
+
+if NAME == "aioquic":
+    # Every aioquic connection builds its frame-handler table from ~34 new
+    # frozensets of epochs; they are immutable, so one set can be shared.
+    _connection.EPOCHS = functools.lru_cache(maxsize=None)(_connection.EPOCHS)
+
+
 def _probes():
     """A client-side connection, its H3 layer and a stream of the engine:
     real objects to look the private attributes up on."""
     quic = QuicConnection(configuration=QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN))
-    probes = {"QuicConnection": quic, "H3Connection": H3Connection(quic, enable_webtransport=True)}
+    probes = {"QuicConnection": quic, "H3Connection": H3Connection(quic, enable_webtransport=True),
+              "quic.connection": _connection}
     if NAME == "aioquic":
         stream = _import("quic.stream").QuicStream(stream_id=0)
         probes["QuicStream.sender"] = stream.sender
@@ -176,14 +206,15 @@ def _probes():
 #: What each engine must have, by probe: the names the accessors above use.
 REQUIRED = {
     "aioquic": {
-        "QuicConnection": ("_streams", "get_peer_address"),
+        "QuicConnection": ("_streams", "get_peer_address", "_crypto_buffers", "__dict__"),
+        "quic.connection": ("EPOCHS",),
         "H3Connection": ("_stream",),
         "QuicStream.sender": ("_buffer_start", "_buffer_stop", "_buffer_fin",
                               "_reset_error_code", "is_finished"),
         "QuicStream.receiver": ("is_finished",),
     },
     "qh3": {
-        "QuicConnection": ("get_send_buffer_size", "_remote_addr"),
+        "QuicConnection": ("get_send_buffer_size", "_remote_addr", "__dict__"),
         "H3Connection": ("_stream",),
     },
 }

@@ -34,6 +34,7 @@ from mc.participants.engine import (
     ConnectionIdIssued,
     ConnectionIdRetired,
     ConnectionTerminated,
+    HandshakeCompleted,
     QuicConnection,
     QuicErrorCode,
     QuicPacketType,
@@ -42,6 +43,8 @@ from mc.participants.engine import (
     encode_quic_version_negotiation,
     peer_address,
     pull_quic_header,
+    release,
+    trim_after_handshake,
 )
 
 CERT_SETTING = "MC_TLS_CERT_PATH"
@@ -322,6 +325,8 @@ class QuicEndpoint(DatagramProtocol):
             elif isinstance(event, ConnectionTerminated):
                 ended = event
             else:
+                if isinstance(event, HandshakeCompleted):
+                    trim_after_handshake(link.quic)
                 batch.append(event)
         if batch:
             try:
@@ -339,7 +344,9 @@ class QuicEndpoint(DatagramProtocol):
 
     def _end(self, link, event):
         """Forget the connection: every id routed to it, its timer, its place
-        in the flush; then tell its application, once."""
+        in the flush; then tell its application, once, and break the
+        cycles of both (link and application, the engine's connection) so
+        that reference counting frees them, not a full collection."""
         if link not in self.connections:
             return
         self.set_pending(link, False)
@@ -351,10 +358,12 @@ class QuicEndpoint(DatagramProtocol):
             link.timer.cancel()
             link.timer = link.timer_at = None
         self._dirty.pop(link, None)
+        app, link.app = link.app, None
         try:
-            link.app.connection_ended(event)
+            app.connection_ended(event)
         except Exception:
             self.log.failure("QUIC application failed at the end of a connection")
+        release(link.quic)
 
     def use_configuration(self, configuration):
         """New connections use ``configuration`` (a rotated certificate);
