@@ -82,7 +82,10 @@ def build_tree(config, reactor):
                                   hosting=lambda: lease.valid)
     lease.on_change(lambda valid: health.check())
     store.on_change(lambda connected: health.check())
-    root.monitor = HealthMonitor(health, SystemProbe(), reactor, on_lag=metrics.observe_lag)
+    # CPU and memory averaged over the comprehensive interval: DEGRADED on load
+    # that lasts, not on a burst.
+    root.monitor = HealthMonitor(health, SystemProbe(), reactor, on_lag=metrics.observe_lag,
+                                 window=lambda: liaison.comprehensive_interval)
     root.gc_client = gc_client = GrpcGcClient(config, reactor, deadline=config.gc_deadline)
     root.liaison = liaison = GcLiaison(config, gc_client, registry, health, reactor, metrics)
     root.ownership = ownership = OwnershipService(

@@ -1,4 +1,5 @@
-"""CPU and memory against cgroup v2 limits, and the health decision."""
+"""CPU and memory against what the MC may use (one core, cgroup v2 limits),
+averaged over a window, and the health decision."""
 
 import pytest
 from twisted.internet.task import Clock
@@ -42,6 +43,28 @@ def test_cpu_against_cgroup_quota(tmp_path):
     now[0] += 1.0
     (cg / "cpu.stat").write_text("usage_usec 2500000\n")
     assert probe.cpu_percent() == 100.0
+
+
+def test_cpu_quota_above_one_core_counts_one_core(tmp_path):
+    cg = make_cgroup(tmp_path, cpu_max="200000 100000", usage=0)
+    now = [100.0]
+    probe = SystemProbe(cgroup=str(cg), clock=lambda: now[0])
+    now[0] += 2.0
+    (cg / "cpu.stat").write_text("usage_usec 1500000\n")
+    assert probe.cpu_percent() == pytest.approx(75.0)  # of the one core a reactor uses
+
+
+def test_cpu_without_a_quota_is_this_process_against_one_core(tmp_path):
+    now, used = [100.0], [10.0]
+    for cgroup in (str(make_cgroup(tmp_path)), ""):
+        probe = SystemProbe(cgroup=cgroup, clock=lambda: now[0], cpu_seconds=lambda: used[0])
+        now[0] += 2.0
+        used[0] += 1.8
+        assert probe.cpu_percent() == pytest.approx(90.0)
+        now[0] += 1.0
+        used[0] += 1.5  # the gRPC threads beside the reactor
+        assert probe.cpu_percent() == 100.0
+    assert 0.0 <= SystemProbe(cgroup="").cpu_percent() <= 100.0
 
 
 def test_memory_against_cgroup_limit(tmp_path):
@@ -100,7 +123,8 @@ def test_monitor_measures_lag_and_samples_the_probe():
     h = Health(lambda: True, 0.5)
     probe = FixedProbe(cpu=20, memory=30)
     lags = []
-    m = HealthMonitor(h, probe, clock, interval=0.25, sample_every=2.0, on_lag=lags.append)
+    m = HealthMonitor(h, probe, clock, interval=0.25, sample_every=2.0, on_lag=lags.append,
+                      window=lambda: 2.0)
     m.startService()
     clock.advance(0.25)
     assert lags == [0.0] and (h.cpu_percent, h.memory_percent) == (20, 30)
@@ -124,9 +148,77 @@ def test_monitor_survives_a_failing_probe():
             raise OSError("cgroup vanished")
 
     h = Health(lambda: True, 0.5)
-    m = HealthMonitor(h, Broken(), clock, interval=0.25)
+    m = HealthMonitor(h, Broken(), clock, interval=0.25, window=lambda: 30.0)
     m.startService()
     clock.advance(0.25)
     clock.advance(0.25)
     assert len(clock.getDelayedCalls()) == 1
+    m.stopService()
+
+
+def _monitor(window=30.0):
+    clock, probe = Clock(), FixedProbe(cpu=40, memory=30)
+    h = Health(lambda: True, 0.5)
+    m = HealthMonitor(h, probe, clock, interval=0.25, sample_every=2.0, window=lambda: window)
+    m.startService()
+    return clock, probe, h, m
+
+
+def _run(clock, seconds):
+    for _ in range(int(seconds / 0.25)):
+        clock.advance(0.25)
+
+
+def test_a_burst_does_not_make_the_mc_degraded():
+    clock, probe, h, m = _monitor()
+    _run(clock, 60)
+    assert h.cpu_percent == pytest.approx(40.0)
+    probe.cpu = 100  # a drain's rejoins: ~10 s of the MC's CPU at once
+    heard = []
+    h.on_change(heard.append)
+    _run(clock, 12)
+    probe.cpu = 40
+    _run(clock, 60)
+    assert heard == [] and h.status == HEALTHY
+    m.stopService()
+
+
+def test_sustained_load_makes_it_degraded_and_its_end_healthy_again():
+    clock, probe, h, m = _monitor()
+    _run(clock, 60)
+    probe.cpu = 100
+    _run(clock, 20)
+    assert h.status == HEALTHY  # 20 s of 30: not yet
+    _run(clock, 10)
+    assert h.status == DEGRADED and h.cpu_percent >= 90
+    probe.cpu, probe.memory = 40, 95
+    _run(clock, 6)
+    assert h.status == HEALTHY  # CPU's mean fell below 90 %; memory's has not risen yet
+    _run(clock, 30)
+    assert h.status == DEGRADED and h.memory_percent == pytest.approx(95.0)
+    probe.memory = 30
+    _run(clock, 30)
+    assert h.status == HEALTHY
+    m.stopService()
+
+
+def test_a_burst_at_start_up_counts_against_a_window_of_idle():
+    clock, probe, h, m = _monitor()
+    probe.cpu = 100
+    _run(clock, 10)
+    assert h.status == HEALTHY and h.cpu_percent < 50
+    m.stopService()
+
+
+def test_the_window_follows_the_comprehensive_interval():
+    window = [30.0]
+    clock, probe = Clock(), FixedProbe(cpu=40, memory=30)
+    h = Health(lambda: True, 0.5)
+    m = HealthMonitor(h, probe, clock, interval=0.25, window=lambda: window[0])
+    m.startService()
+    _run(clock, 40)
+    window[0] = 10.0  # the GC asked for a shorter comprehensive interval
+    probe.cpu = 100
+    _run(clock, 10)
+    assert h.status == DEGRADED
     m.stopService()

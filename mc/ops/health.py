@@ -3,9 +3,15 @@ that measures reactor lag and samples CPU and memory.
 
 Health is derived, never stored: DRAINING while draining, UNHEALTHY while
 Redis is unreachable or the hosting lease (mc/lease.py) has lapsed, DEGRADED
-under CPU/memory pressure or reactor lag, HEALTHY otherwise. PENDING is the
-GC's word for "not heard yet" and never ours.
+under sustained CPU/memory pressure or reactor lag, HEALTHY otherwise.
+PENDING is the GC's word for "not heard yet" and never ours.
+
+CPU and memory are averaged over a window (the GC's comprehensive interval):
+a burst (a drain's rejoins: 2,000 joins are about 10 s of CPU) must not turn
+the MC away from the joins it is taking, only load that lasts.
 """
+
+from collections import deque
 
 from twisted.application.service import Service
 from twisted.logger import Logger
@@ -80,16 +86,38 @@ class Health:
         return status
 
 
+class WindowMean:
+    """The mean of samples over the last ``window()`` seconds, the time
+    before the first sample counting as zero: a window's worth of samples
+    at 100 % is needed to reach 100 %."""
+
+    def __init__(self, window, sample_every):
+        self._window = window
+        self._sample_every = sample_every
+        self._samples = deque()  # (time, value), oldest first
+
+    def add(self, now, value):
+        """Record ``value`` at ``now`` and return the mean over the window."""
+        window = self._window()
+        samples = self._samples
+        samples.append((now, value))
+        while samples[0][0] <= now - window:
+            samples.popleft()
+        expected = max(len(samples), window / self._sample_every)
+        return sum(v for _, v in samples) / expected
+
+
 class HealthMonitor(Service):
     """Ticks every ``interval`` seconds: the lateness of each tick is the
     reactor's lag, and each tick re-checks health, so a Redis outage or
     recovery is noticed within one tick. CPU and memory are sampled every
-    ``sample_every`` seconds: shorter CPU windows are noise."""
+    ``sample_every`` seconds and averaged over ``window()`` seconds."""
 
     name = "health-monitor"
     log = Logger()
 
-    def __init__(self, health, probe, clock, interval=0.25, sample_every=2.0, on_lag=None):
+    def __init__(self, health, probe, clock, *, window, interval=0.25, sample_every=2.0,
+                 on_lag=None):
         self._health = health
         self._probe = probe
         self._clock = clock
@@ -100,6 +128,8 @@ class HealthMonitor(Service):
                                    "health monitor tick")
         self._expected = None
         self._next_sample = 0.0
+        self._cpu = WindowMean(window, sample_every)
+        self._memory = WindowMean(window, sample_every)
 
     def startService(self):
         super().startService()
@@ -119,8 +149,8 @@ class HealthMonitor(Service):
         h.reactor_lag = lag
         if now >= self._next_sample:
             self._next_sample = now + self.sample_every
-            h.cpu_percent = self._probe.cpu_percent()
-            h.memory_percent = self._probe.memory_percent()
+            h.cpu_percent = self._cpu.add(now, self._probe.cpu_percent())
+            h.memory_percent = self._memory.add(now, self._probe.memory_percent())
         if self._on_lag is not None:
             self._on_lag(lag)
         h.check()

@@ -1,5 +1,11 @@
-"""CPU and memory of this MC's container (cgroup v2 limits) or host, without
-blocking: every reading is a small procfs/sysfs read or a psutil counter."""
+"""CPU and memory of this MC against what it may use, without blocking: every
+reading is a small procfs/sysfs read or a psutil counter.
+
+CPU is this MC's own (its container's, under a cgroup v2 quota) against one
+core, or against the quota when that is smaller: an MC is one reactor, which
+one core runs, so two MCs on a host, or the host's other work, never make
+each other DEGRADED; a busy host shows as reactor lag instead. Memory is the
+cgroup's against its limit, or the host's."""
 
 import os
 
@@ -35,19 +41,29 @@ def cgroup_dir(root=CGROUP_ROOT, proc_cgroup="/proc/self/cgroup"):
     return None
 
 
+#: What one MC can use: its reactor runs on one core.
+MC_CORES = 1.0
+
+
+def _process_cpu_seconds():
+    times = os.times()
+    return times.user + times.system
+
+
 @implementer(ISystemProbe)
 class SystemProbe:
-    """Usage against cgroup v2 limits where they are set, else the host's.
+    """Usage against cgroup v2 limits where they are set (see the module).
 
-    ``clock`` is a callable returning monotonic seconds (injectable for tests).
+    ``clock`` is a callable returning monotonic seconds and ``cpu_seconds``
+    one returning the CPU time this MC has used (both injectable for tests).
     """
 
-    def __init__(self, cgroup=None, clock=None, cpu_count=None):
+    def __init__(self, cgroup=None, clock=None, cpu_seconds=_process_cpu_seconds):
         import time
 
         self._cgroup = cgroup if cgroup is not None else cgroup_dir()
         self._clock = clock or time.monotonic
-        self._cpu_count = cpu_count or os.cpu_count() or 1
+        self._cpu_seconds = cpu_seconds
         self._last_usage = None
         self._last_time = None
         self.cpu_percent()
@@ -77,16 +93,15 @@ class SystemProbe:
 
     def cpu_percent(self):
         limit = self._cpu_limit()
-        usage = self._cgroup_usage_usec() if limit else None
-        if usage is None:
-            return _clamp(psutil.cpu_percent(interval=None))
+        usec = self._cgroup_usage_usec() if limit else None
+        usage = self._cpu_seconds() if usec is None else usec / 1e6
+        cores = min(limit, MC_CORES) if limit else MC_CORES
         now = self._clock()
         prev_usage, prev_time = self._last_usage, self._last_time
         self._last_usage, self._last_time = usage, now
         if prev_usage is None or now <= prev_time:
             return 0.0
-        used_seconds = (usage - prev_usage) / 1e6
-        return _clamp(100.0 * used_seconds / ((now - prev_time) * limit))
+        return _clamp(100.0 * (usage - prev_usage) / ((now - prev_time) * cores))
 
     def memory_percent(self):
         if self._cgroup:
