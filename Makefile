@@ -17,7 +17,7 @@ venv: $(VENV)/.installed
 
 # What the tests and the demo run against, from Debian's packages when missing:
 # redis-server (the fleet's Redis), chromium (the browser participant),
-# systemd-analyze (verifies deploy/systemd/mc.service) and promtool (checks and
+# systemd-analyze (verifies deploy/systemd/mc@.service) and promtool (checks and
 # unit-tests deploy/prometheus/; Debian ships it in the prometheus package).
 APT_PACKAGES := redis-server:redis-server chromium:chromium systemd-analyze:systemd \
 	promtool:prometheus

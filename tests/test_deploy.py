@@ -41,7 +41,7 @@ from tests.helpers import accepted_with
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
-UNIT = DEPLOY / "systemd" / "mc.service"
+UNIT = DEPLOY / "systemd" / "mc@.service"
 ENV_EXAMPLE = DEPLOY / "systemd" / "mc.env.example"
 KUBERNETES = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
 DASHBOARD = DEPLOY / "grafana" / "mc.json"
@@ -210,11 +210,11 @@ def unit_value(key, section="Service"):
     return value
 
 
-def expand_specifiers(value):
-    """The specifiers the unit uses, as systemd resolves them."""
-    return re.sub(r"%(.)", lambda m: {"%": "%",
-                                      "l": socket.gethostname().split(".")[0]}[m.group(1)],
-                  value)
+def expand_specifiers(value, instance):
+    """The specifiers the unit uses, as systemd resolves them for ``instance``."""
+    host = socket.gethostname()
+    return re.sub(r"%(.)", lambda m: {"%": "%", "i": instance, "H": host,
+                                      "l": host.split(".")[0]}[m.group(1)], value)
 
 
 def read_env_file(path):
@@ -233,10 +233,13 @@ def read_env_file(path):
     return env
 
 
-def unit_environment():
-    """What systemd hands the ExecStart= process: Environment=, then the
-    EnvironmentFile= (which wins)."""
-    env = dict(expand_specifiers(v).split("=", 1) for v in unit_values("Environment"))
+def unit_environment(instance="1"):
+    """What systemd hands instance ``instance``'s ExecStart= process:
+    Environment=, then the EnvironmentFile= (which wins; the per-instance one
+    is optional and absent)."""
+    env = dict(expand_specifiers(v, instance).split("=", 1) for v in unit_values("Environment"))
+    assert [expand_specifiers(v, instance) for v in unit_values("EnvironmentFile")] == [
+        "/etc/mc/mc.env", f"-/etc/mc/mc-{instance}.env"]
     env.update(read_env_file(ENV_EXAMPLE))
     return env
 
@@ -246,12 +249,29 @@ def test_systemd_unit_passes_systemd_analyze_verify(tmp_path):
     if analyze is None:
         pytest.fail("systemd-analyze is not installed (make test installs Debian's systemd)")
     # The unit names the install's virtualenv, whose twistd verify checks is executable.
-    unit = tmp_path / "mc.service"
+    unit = tmp_path / UNIT.name
     unit.write_text(UNIT.read_text().replace(UNIT_PREFIX, sys.prefix + "/"))
-    r = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True,
-                       text=True, timeout=30)
-    # verify exits 0 on unknown keys and bad specifiers; it only warns.
-    assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr
+    # The template, and an instance of it as `systemctl enable mc@1` links it.
+    (tmp_path / "mc@1.service").symlink_to(unit.name)
+    for name in (unit.name, "mc@1.service"):
+        r = subprocess.run([analyze, "verify", "--man=no", name], capture_output=True,
+                           text=True, timeout=30, cwd=tmp_path)
+        # verify exits 0 on unknown keys and bad specifiers; it only warns.
+        assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr
+
+
+def test_each_instance_has_its_own_id_and_ports_and_mc_env_sets_none():
+    envs = [unit_environment(str(i)) for i in range(10)]
+    for name in ("MC_ID", "MC_GRPC_BIND_ADDRESS", "MC_WEBTRANSPORT_BIND_ADDRESS",
+                 "MC_WEBTRANSPORT_ADVERTISE_URL", "MC_HEALTH_BIND_ADDRESS"):
+        assert name not in read_env_file(ENV_EXAMPLE), f"mc.env would override {name}"
+        assert len({env[name] for env in envs}) == 10, name
+    ports = [port_of(env, name) for env in envs for _, name, _ in PORTS]
+    assert len(set(ports)) == len(ports) and all(1024 < p < 65536 for p in ports)
+    for env in envs:
+        assert mcconfig.ID_RE.fullmatch(env["MC_ID"])
+        wt_port = port_of(env, "MC_WEBTRANSPORT_BIND_ADDRESS")
+        assert env["MC_WEBTRANSPORT_ADVERTISE_URL"].endswith(f":{wt_port}/")
 
 
 def test_systemd_unit_matches_the_daemon():
@@ -317,6 +337,46 @@ def test_systemd_exec_start_runs_reloads_and_stops_the_mc(tmp_path, redis, fake_
     out = mc.output()
     assert json_lines(out), "MC_LOG_FORMAT=json from the environment file"
     assert_scrubbed(out)
+
+
+class InstanceMc(DeployedMc):
+    """An instance of the template started as systemd would, but as a plain
+    process: its own id and ports (bound on loopback), the test's peers."""
+
+    def __init__(self, argv, deploy_env, workdir, fake_gc, redis):
+        super().__init__(argv, deploy_env, workdir, fake_gc, redis)
+        self.grpc_port, self.wt_port, self.http_port = (
+            port_of(deploy_env, name) for _, name, _ in PORTS)
+        for _, name, _ in PORTS:
+            self.env[name] = f"127.0.0.1:{port_of(deploy_env, name)}"
+        self.env["MC_WEBTRANSPORT_ADVERTISE_URL"] = deploy_env["MC_WEBTRANSPORT_ADVERTISE_URL"]
+        del self.env["MC_GRPC_ADVERTISE_URL"]  # the MC's default: this host, its own port
+
+
+def test_two_instances_of_the_template_run_side_by_side(tmp_path, redis, fake_gc, launch):
+    root = tmp_path / "root"
+    argv = shlex.split(unit_value("ExecStart"))
+    argv[0] = argv[0].replace(UNIT_PREFIX + "bin/twistd", VENV_TWISTD)
+    mcs = []
+    for instance in ("1", "2"):
+        mc = InstanceMc(argv, rooted(unit_environment(instance), root), tmp_path, fake_gc,
+                        redis)
+        write_provided_files(mc.env, mc.cert)
+        mcs.append(launch(mc))
+    for mc in mcs:
+        wait_for(mc.ready, 20, what=f"{mc.mc_id}: /readyz 200 and registered")
+    registered = {r.request.id: r.request for r in fake_gc.registrations()}
+    ids = [mc.mc_id for mc in mcs]
+    assert ids == [f"mc-{socket.gethostname().split('.')[0]}-{i}" for i in (1, 2)]
+    for mc in mcs:
+        request = registered[mc.mc_id]
+        assert request.grpc_endpoint.endswith(f":{mc.grpc_port}")
+        assert request.webtransport_endpoint == mc.env["MC_WEBTRANSPORT_ADVERTISE_URL"]
+    first, second = (registered[i] for i in ids)
+    assert first.grpc_endpoint != second.grpc_endpoint
+    assert first.webtransport_endpoint != second.webtransport_endpoint
+    for mc in mcs:
+        assert stop(mc, float(unit_value("TimeoutStopSec"))) < float(unit_value("TimeoutStopSec"))
 
 
 # --- Kubernetes --------------------------------------------------------------
@@ -452,7 +512,7 @@ def test_kubernetes_manifests_match_the_daemon():
     assert resources["requests"] == resources["limits"]
     assert set(resources["limits"]) == {"cpu", "memory"}
     cpu = resources["limits"]["cpu"]
-    assert re.fullmatch(r"[1-9][0-9]*", str(cpu)), "whole cores"
+    assert str(cpu) == "1", "one MC is one reactor on one core"
 
     (pdb,) = by_kind("PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()

@@ -154,7 +154,7 @@ def json_observer(out):
     return FileLogObserver(out, event_as_json)
 
 
-# logrotate's signal, and ``systemctl reload``'s (deploy/systemd/mc.service).
+# logrotate's signal, and ``systemctl reload``'s (deploy/systemd/mc@.service).
 REOPEN_SIGNALS = (signal.SIGUSR1, signal.SIGHUP)
 
 
