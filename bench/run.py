@@ -57,7 +57,10 @@ CAPACITY_ENV = {"MC_MAX_MEETINGS": "100000000", "MC_MAX_PARTICIPANTS": "20000000
 #: py-spy output formats by the --profile file's suffix (.txt: collapsed stacks).
 PROFILE_FORMATS = {".json": "speedscope", ".svg": "flamegraph", ".txt": "raw"}
 
-TARGETS = {"calls_ratio": 1.5, "heartbeat_late_ms": 100.0, "lag_p99_ms": 50.0,
+#: calls_ratio: a guard since issue 18, not a target: the MC's accept path does not
+#: bound a platform (a GC assigns tens of meetings a second to an MC), so at c=16 it
+#: must keep up with the baseline (hiredis since issue 12) and answer no slower.
+TARGETS = {"calls_ratio": 1.0, "heartbeat_late_ms": 100.0, "lag_p99_ms": 50.0,
            "rss_per_meeting_bytes": 2048, "idle_cpu_percent": 2.0, "redis_per_s": 5.0,
            "c1_p99_ms": 5.0, "recovery_s": 5.0}
 
@@ -389,12 +392,12 @@ def report(args, results):
     if failed:
         say("WARNING, calls failed (the figures are not comparable): " + "; ".join(failed))
     say()
-    say("targets (issues 6 and 12):")
+    say("targets (issues 6 and 12) and the assignments guard (issue 18):")
     ratio = results.get("ratios", {}).get(16)
     if ratio:
         ok = ratio["calls_per_s"] >= TARGETS["calls_ratio"] and ratio["p99"] <= 1.0
-        say(f"  [{_mark(ok)}] c=16 calls/s x{ratio['calls_per_s']} >= x1.5 "
-            f"and p99 x{ratio['p99']} <= x1.0")
+        say(f"  [{_mark(ok)}] guard: c=16 calls/s x{ratio['calls_per_s']} >= "
+            f"x{TARGETS['calls_ratio']} and p99 x{ratio['p99']} <= x1.0")
     if hb:
         ok = hb["heartbeats"] > 0 and hb["over_100ms"] == 0
         say(f"  [{_mark(ok)}] fast heartbeats > 100 ms late during the rounds: "

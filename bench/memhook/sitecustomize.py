@@ -12,7 +12,10 @@
   SIGRTMIN+2 runs a full collection and writes what it found and took to
   ``<path>.collect.<k>``: the cyclic garbage waiting for one.
 
-Nothing of the MC is changed; without the variables this does nothing."""
+Nothing of the MC is changed; without the variables this does nothing. (The
+variants this file once applied, the collector's settings, the trimmed
+handshake buffers, the broken cycles and the larger UDP buffer, are the MC's
+own since issues 11 and 18.)"""
 
 import os
 
@@ -84,93 +87,3 @@ if os.environ.get("BENCH_OBJECTS_DUMP"):
         _collects[0] += 1
 
     signal.signal(signal.SIGRTMIN + 2, _collect)
-
-# A variant for comparison, never the figure of record: the collector's
-# thresholds (``BENCH_GC_THRESHOLD=g0,g1,g2``) and a gc.freeze() of what
-# start-up allocated, ``BENCH_GC_FREEZE_AFTER`` seconds after start.
-if os.environ.get("BENCH_GC_THRESHOLD"):
-    import gc
-
-    gc.set_threshold(*(int(x) for x in os.environ["BENCH_GC_THRESHOLD"].split(",")))
-
-if os.environ.get("BENCH_GC_FREEZE_AFTER"):
-    import gc
-    import threading
-
-    _freezer = threading.Timer(float(os.environ["BENCH_GC_FREEZE_AFTER"]), gc.freeze)
-    _freezer.daemon = True
-    _freezer.start()
-
-# A variant for comparison, never the figure of record: two savings in
-# aioquic's per-connection state that the MC could make itself.
-# ``BENCH_AIOQUIC_TRIM=1``:
-# - EPOCHS memoised: every QuicConnection builds its frame-handler table with
-#   ~34 new frozensets of epochs (7 KiB, 34 objects the collector walks);
-#   they are immutable, so one set of them can be shared;
-# - once a server's handshake is complete, its three 16 KiB TLS output
-#   buffers (one per epoch, allocated for the connection's whole life) are
-#   replaced by empty ones: a QUIC server writes no TLS message after the
-#   handshake unless it issues session tickets, which the MC does not.
-if os.environ.get("BENCH_AIOQUIC_TRIM"):
-    import functools
-
-    from aioquic.buffer import Buffer
-    from aioquic.quic import connection as _quic_connection
-
-    _quic_connection.EPOCHS = functools.lru_cache(maxsize=None)(_quic_connection.EPOCHS)
-    _original_crypto = _quic_connection.QuicConnection._handle_crypto_frame
-
-    def _handle_crypto_frame(self, context, frame_type, buf):
-        _original_crypto(self, context, frame_type, buf)
-        # No attribute of our own on the connection: a new one would unshare
-        # its __dict__ (3 KiB) and blur the figure.
-        buffers = self._crypto_buffers
-        if self._handshake_complete and not self._is_client and any(
-                b.capacity for b in buffers.values()):
-            for epoch in list(buffers):
-                buffers[epoch] = Buffer(capacity=0)
-
-    _quic_connection.QuicConnection._handle_crypto_frame = _handle_crypto_frame
-
-# A variant for comparison, never the figure of record: what the MC could do
-# when a QUIC connection ends (``BENCH_BREAK_CYCLES=1``). aioquic's
-# QuicConnection is a reference cycle (its frame-handler table, loss
-# recovery and TLS callbacks hold bound methods of it), and so are the MC's
-# link and application objects; a closed connection is garbage only a full
-# collection finds. Clearing them once the endpoint has forgotten the
-# connection lets reference counting free them at once.
-if os.environ.get("BENCH_BREAK_CYCLES"):
-    from mc.participants import quic as _mc_quic
-
-    _original_end = _mc_quic.QuicEndpoint._end
-
-    def _end(self, link, event):
-        known = link in self.connections
-        _original_end(self, link, event)
-        if known:
-            app, link.app = link.app, None
-            if app is not None:
-                app.__dict__.clear()
-            link.quic.__dict__.clear()
-
-    _mc_quic.QuicEndpoint._end = _end
-
-# A variant for comparison, never the figure of record: a larger receive
-# buffer on the MC's UDP socket (``BENCH_UDP_RCVBUF=<bytes>``, capped by
-# net.core.rmem_max). The default (net.core.rmem_default, 208 KiB here) holds
-# a few hundred small datagrams: while the reactor is busy (a full
-# collection, a burst of joins) the kernel drops what does not fit, and QUIC
-# has to notice and retransmit it.
-if os.environ.get("BENCH_UDP_RCVBUF"):
-    import socket
-
-    from twisted.internet import udp as _udp
-
-    _original_bind = _udp.Port._bindSocket
-
-    def _bindSocket(self):
-        _original_bind(self)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
-                               int(os.environ["BENCH_UDP_RCVBUF"]))
-
-    _udp.Port._bindSocket = _bindSocket

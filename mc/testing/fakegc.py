@@ -370,6 +370,18 @@ class FakeGc:
         return Join(meeting_id, mc_id, endpoint, self.issuer.mint(meeting_id, sub, **claims),
                     assigned)
 
+    def place(self, meeting_id, mc_id, mh_assignments=None):
+        """Place ``meeting_id`` on the registered MC ``mc_id`` with
+        AssignMeetingWithMh, as a GC spreading meetings by a policy of its own
+        would; later joins reuse the place while that MC is usable. Raises
+        NoMcAvailable if it refuses. Blocks: call it from a test thread."""
+        mh = DEFAULT_MH_ASSIGNMENTS if mh_assignments is None else mh_assignments
+        with self._join_lock:
+            with self._lock:
+                registration = self._registered[mc_id]
+                token = self._mc_token
+            return self._place(meeting_id, [registration], mh, token)
+
     def placement(self, meeting_id):
         """The id of the MC the fake last placed ``meeting_id`` on, or None."""
         with self._lock:
