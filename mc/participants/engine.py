@@ -76,6 +76,102 @@ encode_quic_version_negotiation = _packet.encode_quic_version_negotiation
 pull_quic_header = _packet.pull_quic_header
 
 
+#: The receive windows the MC grants (the contract's "flow control is the
+#: MC's"): per stream, a signalling frame (64 KiB and its length) with as much
+#: again of headroom; per connection, twice that. They slide forward only as
+#: the application consumes what arrived, and never grow: a client's data
+#: past them is a FLOW_CONTROL_ERROR that closes its connection, and the
+#: bytes it can make the MC hold (gaps it leaves included) stay within
+#: CONNECTION_WINDOW whatever offsets it sends.
+STREAM_WINDOW = 128 * 1024
+CONNECTION_WINDOW = 2 * STREAM_WINDOW
+
+
+def _no_bytes_held(stream_id):
+    return 0
+
+
+class _BoundedQuicConnection(QuicConnection):
+    """aioquic's connection with fixed receive windows.
+
+    aioquic doubles a window whenever the highest offset received passes half
+    of it, read or not (``_write_connection_limits``, ``_write_stream_limits``):
+    one byte at the last allowed offset, at each update, grows it
+    exponentially. Here a window is re-granted as ``consumed + WINDOW`` once
+    less than half of it is left, where ``consumed`` is what reached the
+    application and left it: ``held(stream_id)``, set by the application,
+    says how much of what it received it still holds (HTTP/3's unparsed
+    bytes)."""
+
+    held = staticmethod(_no_bytes_held)
+
+    def _unread(self, stream):
+        receiver = stream.receiver
+        return receiver.highest_offset - receiver._buffer_start + self.held(stream.stream_id)
+
+    def _write_connection_limits(self, builder, space):
+        max_data = self._local_max_data
+        if max_data.value - max_data.used < CONNECTION_WINDOW // 2:
+            unread = sum(self._unread(s) for s in self._streams.values())
+            max_data.value = max(max_data.value, max_data.used - unread + CONNECTION_WINDOW)
+        for limit in (max_data, self._local_max_streams_bidi, self._local_max_streams_uni):
+            if limit is not max_data and limit.sent - limit.used >= limit.value - limit.sent:
+                continue  # aioquic's batching of MAX_STREAMS, kept
+            if limit.value != limit.sent:
+                buf = builder.start_frame(
+                    limit.frame_type, capacity=_connection.CONNECTION_LIMIT_FRAME_CAPACITY,
+                    handler=self._on_connection_limit_delivery, handler_args=(limit,))
+                buf.push_uint_var(limit.value)
+                limit.sent = limit.value
+
+    def _write_stream_limits(self, builder, space, stream):
+        window = stream.max_stream_data_local
+        if not window or stream.receiver.is_finished:
+            return  # a stream of ours that only sends, or nothing more to receive
+        if window - stream.receiver.highest_offset < STREAM_WINDOW // 2:
+            consumed = stream.receiver._buffer_start - self.held(stream.stream_id)
+            stream.max_stream_data_local = max(window, consumed + STREAM_WINDOW)
+        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
+            buf = builder.start_frame(
+                _packet.QuicFrameType.MAX_STREAM_DATA,
+                capacity=_connection.MAX_STREAM_DATA_FRAME_CAPACITY,
+                handler=self._on_max_stream_data_delivery, handler_args=(stream,))
+            buf.push_uint_var(stream.stream_id)
+            buf.push_uint_var(stream.max_stream_data_local)
+            stream.max_stream_data_local_sent = stream.max_stream_data_local
+
+
+def bound_windows(configuration):
+    """Start every connection made with ``configuration`` at the MC's
+    windows (the client learns them in the handshake)."""
+    configuration.max_stream_data = STREAM_WINDOW
+    configuration.max_data = CONNECTION_WINDOW
+
+
+def server_connection(configuration, original_cid, retry_source_cid):
+    """The engine's connection for a client that reached the MC, whose
+    windows slide but never grow (``bound_windows`` sets where they start).
+    Under qh3 (the benchmark's choice only) the engine's own window growth
+    stays: its compiled core offers no hook."""
+    cls = _BoundedQuicConnection if NAME == "aioquic" else QuicConnection
+    return cls(configuration=configuration, original_destination_connection_id=original_cid,
+               retry_source_connection_id=retry_source_cid)
+
+
+def hold_by(quic, held):
+    """Have ``quic``'s windows count ``held(stream_id)`` bytes of each stream
+    as still unread (the application's own buffers)."""
+    if isinstance(quic, _BoundedQuicConnection):
+        quic.held = held
+
+
+def h3_unparsed(h3, stream_id):
+    """Bytes HTTP/3 received on a stream and holds, unparsed (a frame not
+    complete yet)."""
+    stream = h3._stream.get(stream_id)
+    return 0 if stream is None else len(stream.buffer)
+
+
 def asyncio_protocol():
     """The engine's asyncio ``QuicConnectionProtocol``, for clients (tests,
     the benchmark's load generator); the MC itself runs on the reactor."""
@@ -200,18 +296,25 @@ def _probes():
         stream = _import("quic.stream").QuicStream(stream_id=0)
         probes["QuicStream.sender"] = stream.sender
         probes["QuicStream.receiver"] = stream.receiver
+        probes["QuicStream"] = stream
     return probes
 
 
 #: What each engine must have, by probe: the names the accessors above use.
 REQUIRED = {
     "aioquic": {
-        "QuicConnection": ("_streams", "get_peer_address", "_crypto_buffers", "__dict__"),
-        "quic.connection": ("EPOCHS",),
+        "QuicConnection": ("_streams", "get_peer_address", "_crypto_buffers", "__dict__",
+                           "_local_max_data", "_local_max_streams_bidi",
+                           "_local_max_streams_uni", "_on_connection_limit_delivery",
+                           "_on_max_stream_data_delivery", "_write_connection_limits",
+                           "_write_stream_limits"),
+        "quic.connection": ("EPOCHS", "CONNECTION_LIMIT_FRAME_CAPACITY",
+                            "MAX_STREAM_DATA_FRAME_CAPACITY"),
         "H3Connection": ("_stream",),
         "QuicStream.sender": ("_buffer_start", "_buffer_stop", "_buffer_fin",
                               "_reset_error_code", "is_finished"),
-        "QuicStream.receiver": ("is_finished",),
+        "QuicStream.receiver": ("is_finished", "highest_offset", "_buffer_start"),
+        "QuicStream": ("max_stream_data_local", "max_stream_data_local_sent"),
     },
     "qh3": {
         "QuicConnection": ("get_send_buffer_size", "_remote_addr", "__dict__"),

@@ -35,7 +35,6 @@ from mc.participants.engine import (
     ConnectionIdRetired,
     ConnectionTerminated,
     HandshakeCompleted,
-    QuicConnection,
     QuicErrorCode,
     QuicPacketType,
     RetryTokens,
@@ -44,6 +43,7 @@ from mc.participants.engine import (
     peer_address,
     pull_quic_header,
     release,
+    server_connection,
     trim_after_handshake,
 )
 
@@ -231,9 +231,7 @@ class QuicEndpoint(DatagramProtocol):
         return self._new_link(header.destination_cid, original, retry_source, host)
 
     def _new_link(self, cid, original_cid, retry_source_cid=None, host=None):
-        quic = QuicConnection(configuration=self._configuration,
-                              original_destination_connection_id=original_cid,
-                              retry_source_connection_id=retry_source_cid)
+        quic = server_connection(self._configuration, original_cid, retry_source_cid)
         link = QuicLink(self, quic)
         link.source = host
         self.connections.add(link)

@@ -96,10 +96,12 @@ def _enlarge_receive_buffer(sock):
 
 def server_configuration(cert_path, key_path):
     """The QUIC settings of the contract (ALPN h3, datagrams for the draft02
-    settings, 30 s idle timeout), with the certificate loaded or ConfigError."""
+    settings, 30 s idle timeout, the MC's bounded receive windows), with the
+    certificate loaded or ConfigError."""
     configuration = QuicConfiguration(
         is_client=False, alpn_protocols=H3_ALPN, max_datagram_frame_size=65536,
         idle_timeout=IDLE_TIMEOUT)
+    engine.bound_windows(configuration)
     load_certificate(configuration, cert_path, key_path)
     return configuration
 
@@ -334,7 +336,9 @@ class WebTransportConnection:
 
     def _quic_event(self, event):
         if isinstance(event, ProtocolNegotiated):
-            self.h3 = H3Connection(self.quic, enable_webtransport=True)
+            self.h3 = h3 = H3Connection(self.quic, enable_webtransport=True)
+            # What HTTP/3 holds unparsed is not consumed: the windows wait for it.
+            engine.hold_by(self.quic, lambda stream_id: engine.h3_unparsed(h3, stream_id))
         elif self.h3 is None:
             return
         elif (isinstance(event, (StreamDataReceived, StreamReset, StopSendingReceived))
