@@ -6,11 +6,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test venv system-packages lint proto bench clean
 
-$(VENV)/.installed: setup.py
+# Every version from constraints.txt, as in the image (scripts/install.sh) and the demo.
+$(VENV)/.installed: setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# compat mode puts the checkout on sys.path, where twistd's plugin scan finds twisted/plugins
-	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]' --config-settings editable_mode=compat
 	touch $@
 
 venv: $(VENV)/.installed
@@ -45,7 +46,7 @@ proto: venv
 	$(PY) scripts/gen_proto.py
 
 bench: venv system-packages
-	$(VENV)/bin/pip install -q -e '.[bench]' --config-settings editable_mode=compat
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[bench]' --config-settings editable_mode=compat
 	$(PY) bench/run.py
 
 clean:

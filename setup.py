@@ -12,7 +12,9 @@ setup(
     include_package_data=True,
     install_requires=[
         "twisted[tls]>=24.3",
-        "txredisapi>=1.4.10",
+        # Exact minor: mc/redis/connection.py subclasses its factories and reads the
+        # private Sentinel internals of 1.6.
+        "txredisapi~=1.6.0",
         # Generated modules check grpcio >= the generator's version.
         "grpcio>=1.85.1,<2",
         "protobuf>=7.35.1,<8",
@@ -57,5 +59,10 @@ setup(
         # generators (MC_QUIC_ENGINE=qh3), and the MC on it is measured side by side.
         "bench": ["redis>=5", "pyinstrument", "py-spy", "qh3==2.1.0"],
     },
+    # The drain helper by its full path (<prefix>/bin/mc-drain): the preStop hook and
+    # upgrades need no python on the PATH.
+    entry_points={"console_scripts": ["mc-drain = mc.ops.drain:main"]},
+    # The tac file, beside the virtualenv's bin/: twistd -ny <prefix>/share/mc/mc.tac
+    data_files=[("share/mc", ["tac/mc.tac"])],
     zip_safe=False,
 )

@@ -1,7 +1,11 @@
 """Fixtures around a real redis-server, RedisFencedStore on the real reactor,
 the fake GC and ``twistd mc`` subprocesses."""
 
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -113,3 +117,15 @@ def loop():
     thread = LoopThread()
     yield thread
     thread.stop()
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory):
+    """``scripts/install.sh`` (the image's install steps) run once into a
+    fresh directory: the virtualenv's path. pip's cache keeps it quick."""
+    prefix = tmp_path_factory.mktemp("install") / "venv"
+    script = Path(__file__).resolve().parent.parent / "scripts" / "install.sh"
+    r = subprocess.run([str(script), str(prefix)], capture_output=True, text=True,
+                       timeout=600, env={**os.environ, "PYTHON": sys.executable})
+    assert r.returncode == 0, r.stdout + r.stderr
+    return prefix

@@ -33,6 +33,7 @@ from mc.gc.grpcserver import GrpcServerService
 from mc.ops import drain, logs
 from mc.ops.health import PRESSURE_PERCENT
 from mc.ops.metrics import Metrics
+from mc.participants.webtransport import UDP_RECEIVE_BUFFER
 from mc.testing.daemon import TWISTD, McProcess, wait_for
 from mc.testing.fakegc import assign_meeting
 from tests.configs import make_config
@@ -42,16 +43,17 @@ from tests.helpers import accepted_with
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 UNIT = DEPLOY / "systemd" / "mc@.service"
+SYSCTL = DEPLOY / "systemd" / "99-mc-udp.conf"
 ENV_EXAMPLE = DEPLOY / "systemd" / "mc.env.example"
 KUBERNETES = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
 DASHBOARD = DEPLOY / "grafana" / "mc.json"
 TAC = ROOT / "tac" / "mc.tac"
 #: Alerting rules, their promtool tests and the PrometheusRule: tests/test_alerts.py.
 PROMETHEUS = sorted((DEPLOY / "prometheus").glob("*.yaml"))
-CHECKED = {UNIT, ENV_EXAMPLE, DASHBOARD, *KUBERNETES, *PROMETHEUS}
+CHECKED = {UNIT, ENV_EXAMPLE, SYSCTL, DASHBOARD, *KUBERNETES, *PROMETHEUS}
 
-#: Where the unit expects the virtualenv; the tests use their own.
-UNIT_PREFIX = "/opt/mc/venv/"
+#: Where the unit and the image (Dockerfile) have the virtualenv; the tests use their own.
+UNIT_PREFIX = IMAGE_PREFIX = "/opt/mc/venv/"
 VENV_TWISTD = str(Path(sys.prefix) / "bin" / "twistd")
 #: Where the unit reads the secret files: paths the operator updates in place.
 OPERATOR_PATHS = ("/etc/mc/secrets/", "/etc/mc/tls/")
@@ -417,8 +419,9 @@ def kubernetes_env(container, fields, secrets):
     return env
 
 
-POD_FIELDS = {"metadata.name": "mc-0", "metadata.namespace": "mc-test"}
-HELPERS = {"POD_NAME", "POD_NAMESPACE"}
+POD_FIELDS = {"metadata.name": "mc-0", "metadata.namespace": "mc-test",
+              "spec.nodeName": "node-7"}
+HELPERS = {"POD_NAME", "POD_NAMESPACE", "NODE_NAME"}
 
 
 def static_env(redis_url="redis://:pw@redis.example.internal:6379/0"):
@@ -435,7 +438,8 @@ def prestop_wait(container):
     min(kubernetes_validate.utils.all_versions(), key=lambda v: tuple(map(int, v.split("."))))}))
 def test_kubernetes_manifests_validate_offline(version):
     docs = kubernetes_docs()
-    assert {d["kind"] for d in docs} == {"StatefulSet", "Service", "PodDisruptionBudget"}
+    assert {d["kind"] for d in docs} == {"StatefulSet", "Service", "PodDisruptionBudget",
+                                         "DaemonSet"}
     for doc in docs:
         kubernetes_validate.validate(doc, version, strict=True)
 
@@ -465,6 +469,10 @@ def test_kubernetes_manifests_match_the_daemon():
     for advertise, port in (("MC_GRPC_ADVERTISE_URL", "grpc"),
                             ("MC_WEBTRANSPORT_ADVERTISE_URL", "webtransport")):
         assert urlsplit(env[advertise]).port == ports[port]["containerPort"], advertise
+    # Participants reach each pod at its node's address, on the node's port.
+    assert ports["webtransport"]["hostPort"] == ports["webtransport"]["containerPort"]
+    assert urlsplit(env["MC_WEBTRANSPORT_ADVERTISE_URL"]).hostname.startswith("node-7.")
+    assert not any("hostPort" in p for name, p in ports.items() if name != "webtransport")
     governing = sts["spec"]["serviceName"]
     assert env["MC_GRPC_ADVERTISE_URL"].startswith(f"http://mc-0.{governing}.mc-test.svc.")
 
@@ -531,7 +539,7 @@ def test_kubernetes_container_runs_answers_probes_drains_and_stops(tmp_path, red
     pod_spec = statefulset()["spec"]["template"]["spec"]
     env = rooted(static_env(redis.url), tmp_path / "root")
     argv = [*container["command"], *container.get("args", [])]
-    assert argv[0] == "twistd"
+    assert argv[0] == IMAGE_PREFIX + "bin/twistd", "the image's entry point by its full path"
     mc = DeployedMc([VENV_TWISTD, *argv[1:]], env, tmp_path, fake_gc, redis)
     write_provided_files(env, mc.cert)
     # The shipped values pass the MC's own rules, before any test endpoint.
@@ -550,8 +558,9 @@ def test_kubernetes_container_runs_answers_probes_drains_and_stops(tmp_path, red
 
     # The kubelet runs the preStop hook, then sends SIGTERM.
     prestop = list(container["lifecycle"]["preStop"]["exec"]["command"])
-    assert prestop[:3] == ["python", "-m", "mc.ops.drain"]
-    prestop[0], prestop[prestop.index("--pid") + 1] = sys.executable, str(mc.pid)
+    assert prestop[0] == IMAGE_PREFIX + "bin/mc-drain", "no python needed on the PATH"
+    prestop[0] = str(Path(sys.prefix) / "bin" / "mc-drain")
+    prestop[prestop.index("--pid") + 1] = str(mc.pid)
     assign_secret_named_meeting(mc)
     for _ in range(2):  # a second run must not undrain it: SIGUSR2 toggles
         r = subprocess.run(prestop, env=mc.env, capture_output=True, text=True,
@@ -797,3 +806,16 @@ def test_drain_reads_metrics_with_prometheus_clients_parser():
                                               "mc_participants_current": 3.0}
     with pytest.raises(ValueError):
         drain.unlabelled_samples("mc_draining one\n")
+
+
+def test_the_udp_receive_buffer_limit_is_raised_where_hosts_set_it():
+    """What the WebTransport socket asks for is what the node tuning and
+    the host's sysctl file allow, no less."""
+    (daemonset,) = by_kind("DaemonSet")
+    pod = daemonset["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True, "net.core.rmem_max is the host's"
+    (init,) = pod["initContainers"]
+    assert init["command"] == ["sysctl", "-w", f"net.core.rmem_max={UDP_RECEIVE_BUFFER}"]
+    settings = dict(line.replace(" ", "").split("=") for line in SYSCTL.read_text().splitlines()
+                    if line.strip() and not line.startswith("#"))
+    assert settings == {"net.core.rmem_max": str(UDP_RECEIVE_BUFFER)}

@@ -12,6 +12,7 @@ import pytest_twisted
 from twisted.internet import reactor, threads
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import formatEvent
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -29,6 +30,7 @@ from mc.participants.engine import (
     QuicPacketType,
     pull_quic_header,
 )
+from mc.participants import webtransport
 from mc.participants.quic import QuicEndpoint
 from mc.participants.webtransport import (
     UDP_RECEIVE_BUFFER,
@@ -818,3 +820,21 @@ async def test_the_udp_receive_buffer_is_enlarged_as_far_as_the_kernel_allows(se
         rmem_max = int(f.read())
     # Linux reports twice what it reserves for its own bookkeeping.
     assert granted >= min(2 * rmem_max, 2 * UDP_RECEIVE_BUFFER) - 4096
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_receive_buffer_below_what_was_asked_is_logged_at_start(
+        server, events, monkeypatch):
+    """Asked for more than net.core.rmem_max allows, the MC says what it got."""
+    with open("/proc/sys/net/core/rmem_max") as f:
+        rmem_max = int(f.read())
+    server()
+    warned = [e for e in events if "less than the" in formatEvent(e)]
+    assert bool(warned) == (rmem_max < UDP_RECEIVE_BUFFER), "silent after a full grant"
+    events.clear()
+    monkeypatch.setattr(webtransport, "UDP_RECEIVE_BUFFER", 4 * rmem_max)
+    service = server()
+    granted = service._listening.getHandle().getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    (warning,) = [formatEvent(e) for e in events if "less than the" in formatEvent(e)]
+    assert f"is {granted} bytes, less than the {4 * rmem_max} asked" in warning
+    assert "net.core.rmem_max" in warning

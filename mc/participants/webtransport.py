@@ -673,6 +673,14 @@ class WebTransportService(Service):
         self.log.info("WebTransport on UDP {host}:{port} at path {path} (receive buffer "
                       "{receive_buffer} bytes)", host=self._address.host, port=self.port,
                       path=self.site.path, receive_buffer=receive_buffer)
+        # Linux reports twice what it grants (its bookkeeping share): a full
+        # grant reads 2 x asked, one capped at net.core.rmem_max less than asked.
+        if receive_buffer < UDP_RECEIVE_BUFFER:
+            self.log.warn("the UDP receive buffer is {receive_buffer} bytes, less than the "
+                          "{asked} asked for: datagrams are dropped whenever the reactor "
+                          "pauses under load. Raise net.core.rmem_max to {asked} (README, "
+                          "\"Participants\")", receive_buffer=receive_buffer,
+                          asked=UDP_RECEIVE_BUFFER)
 
     def use_configuration(self, configuration):
         """New connections use ``configuration`` (``server_configuration``
