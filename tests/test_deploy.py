@@ -419,9 +419,10 @@ def kubernetes_env(container, fields, secrets):
     return env
 
 
-POD_FIELDS = {"metadata.name": "mc-0", "metadata.namespace": "mc-test",
-              "spec.nodeName": "node-7"}
-HELPERS = {"POD_NAME", "POD_NAMESPACE", "NODE_NAME"}
+POD_FIELDS = {"metadata.name": "mc-0", "metadata.namespace": "mc-test"}
+HELPERS = {"POD_NAME", "POD_NAMESPACE"}
+#: The label the StatefulSet controller puts on each pod: its own name.
+POD_SELECTOR = "statefulset.kubernetes.io/pod-name"
 
 
 def static_env(redis_url="redis://:pw@redis.example.internal:6379/0"):
@@ -469,19 +470,17 @@ def test_kubernetes_manifests_match_the_daemon():
     for advertise, port in (("MC_GRPC_ADVERTISE_URL", "grpc"),
                             ("MC_WEBTRANSPORT_ADVERTISE_URL", "webtransport")):
         assert urlsplit(env[advertise]).port == ports[port]["containerPort"], advertise
-    # Participants reach each pod at its node's address, on the node's port.
-    assert ports["webtransport"]["hostPort"] == ports["webtransport"]["containerPort"]
-    assert urlsplit(env["MC_WEBTRANSPORT_ADVERTISE_URL"]).hostname.startswith("node-7.")
-    assert not any("hostPort" in p for name, p in ports.items() if name != "webtransport")
     governing = sts["spec"]["serviceName"]
     assert env["MC_GRPC_ADVERTISE_URL"].startswith(f"http://mc-0.{governing}.mc-test.svc.")
 
-    services = {s["metadata"]["name"]: s for s in by_kind("Service")}
+    all_services = {s["metadata"]["name"]: s for s in by_kind("Service")}
+    per_pod = {name: s for name, s in all_services.items()
+               if POD_SELECTOR in s["spec"]["selector"]}
+    services = {name: s for name, s in all_services.items() if name not in per_pod}
     assert services[governing]["spec"]["clusterIP"] == "None"
     protocols = set()
-    for service in services.values():
+    for service in all_services.values():
         spec = service["spec"]
-        assert spec["selector"].items() <= labels.items()
         # Readiness rolls the StatefulSet on; the GC, the participants being
         # moved and Prometheus must still reach a draining MC.
         assert spec["publishNotReadyAddresses"] is True
@@ -489,7 +488,26 @@ def test_kubernetes_manifests_match_the_daemon():
         target = ports[port["targetPort"]]
         assert (port["port"], port["protocol"]) == (target["containerPort"], target["protocol"])
         protocols.add(port["protocol"])
+    for service in services.values():
+        assert service["spec"]["selector"].items() <= labels.items()
     assert protocols == {"TCP", "UDP"} and len(services) == len(PORTS)
+
+    # Participants reach each pod from outside through a balancer of its own,
+    # at the name its MC advertises: one per replica.
+    replicas = sts["spec"]["replicas"]
+    assert len(per_pod) == replicas
+    for n in range(replicas):
+        pod_env = kubernetes_env(container, {**POD_FIELDS, "metadata.name": f"mc-{n}"},
+                                 {("mc-secrets", "redis-url"): "redis://r:6379/0"})
+        advertised = urlsplit(pod_env["MC_WEBTRANSPORT_ADVERTISE_URL"])
+        service = per_pod[f"mc-{n}-webtransport"]
+        assert service["spec"]["selector"] == {POD_SELECTOR: f"mc-{n}"}
+        assert service["spec"]["type"] == "LoadBalancer"
+        assert service["spec"]["externalTrafficPolicy"] == "Local", "the clients' addresses"
+        assert service["metadata"]["annotations"][
+            "external-dns.alpha.kubernetes.io/hostname"] == advertised.hostname
+        assert service["spec"]["ports"][0]["port"] == advertised.port
+        assert service["spec"]["ports"][0]["protocol"] == "UDP"
     scrape = next(s["metadata"]["annotations"] for s in services.values()
                   if "prometheus.io/scrape" in s["metadata"].get("annotations", {}))
     assert int(scrape["prometheus.io/port"]) == ports["http"]["containerPort"]

@@ -19,7 +19,7 @@ from zope.interface.verify import verifyObject
 from mc.config import Address
 from mc.errors import ConfigError
 from mc.interfaces import ISessionHandler, ISessionTransport
-from mc.participants import engine
+from mc.participants import engine, webtransport
 from mc.participants.engine import (
     H3_ALPN,
     Buffer,
@@ -30,7 +30,6 @@ from mc.participants.engine import (
     QuicPacketType,
     pull_quic_header,
 )
-from mc.participants import webtransport
 from mc.participants.quic import QuicEndpoint
 from mc.participants.webtransport import (
     UDP_RECEIVE_BUFFER,
