@@ -292,3 +292,16 @@ def test_command_line_writes_the_jwks_file_and_prints_its_url(tmp_path):
     assert written == served
     assert {k["alg"] for k in written["keys"]} == {"EdDSA", "ES256"}
     assert not any("d" in k for k in written["keys"])
+
+
+def test_place_puts_a_meeting_on_the_mc_named_and_joins_reuse_it(fake, mcs):
+    idle, busy = mcs("mc-idle").heartbeat(current=0), mcs("mc-busy").heartbeat(current=9)
+    assert fake.place("meeting-1", "mc-busy") == ("mc-busy", "https://mc-busy.example:4433")
+    join = fake.join("meeting-1", "alice")
+    assert (join.mc_id, join.assigned) == ("mc-busy", False)
+    assert busy.meetings() == ["meeting-1"] and idle.calls == []
+    busy.reject = gc_mc_pb2.REJECTION_REASON_AT_CAPACITY
+    with pytest.raises(NoMcAvailable):
+        fake.place("meeting-2", "mc-busy")
+    with pytest.raises(KeyError):
+        fake.place("meeting-3", "mc-unknown")

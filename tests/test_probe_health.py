@@ -1,4 +1,4 @@
-"""CPU and memory against what the MC may use (one core, cgroup v2 limits),
+"""CPU and memory against what the MC may use (one core, cgroup v1 or v2 limits),
 averaged over a window, and the health decision."""
 
 import pytest
@@ -7,7 +7,7 @@ from zope.interface.verify import verifyObject
 
 from mc.interfaces import ISystemProbe
 from mc.ops.health import DEGRADED, DRAINING, HEALTHY, UNHEALTHY, Health, HealthMonitor
-from mc.ops.probe import SystemProbe, cgroup_dir
+from mc.ops.probe import CgroupV1, CgroupV2, SystemProbe, find_cgroup
 from mc.testing.doubles import FixedProbe
 
 
@@ -22,20 +22,41 @@ def make_cgroup(tmp_path, cpu_max="max 100000", memory_max="max", current=0, usa
     return cg
 
 
-def test_cgroup_dir_from_proc_self_cgroup(tmp_path):
+def make_v1(tmp_path, quota=-1, period=100000, usage_ns=0, limit=9223372036854771712,
+            current=0):
+    """cgroup v1 controllers as a container sees them, under ``tmp_path``."""
+    dirs = {c: tmp_path / c / "kubepods" / "pod1" for c in ("cpu", "cpuacct", "memory")}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    (dirs["cpu"] / "cpu.cfs_quota_us").write_text(f"{quota}\n")
+    (dirs["cpu"] / "cpu.cfs_period_us").write_text(f"{period}\n")
+    (dirs["cpuacct"] / "cpuacct.usage").write_text(f"{usage_ns}\n")
+    (dirs["memory"] / "memory.limit_in_bytes").write_text(f"{limit}\n")
+    (dirs["memory"] / "memory.usage_in_bytes").write_text(f"{current}\n")
+    return dirs
+
+
+def test_find_cgroup_from_proc_self_cgroup(tmp_path):
     make_cgroup(tmp_path)
     proc = tmp_path / "cgroup"
     proc.write_text("0::/cg\n")
-    assert cgroup_dir(root=str(tmp_path), proc_cgroup=str(proc)) == str(tmp_path / "cg")
-    proc.write_text("12:memory:/docker/abc\n")
-    assert cgroup_dir(root=str(tmp_path), proc_cgroup=str(proc)) is None
-    assert cgroup_dir(root=str(tmp_path), proc_cgroup=str(tmp_path / "missing")) is None
+    found = find_cgroup(root=str(tmp_path), proc_cgroup=str(proc))
+    assert isinstance(found, CgroupV2) and found.path == str(tmp_path / "cg")
+    dirs = make_v1(tmp_path)
+    proc.write_text("4:memory:/kubepods/pod1\n3:cpu,cpuacct:/kubepods/pod1\n"
+                    "1:name=systemd:/kubepods/pod1\n0::/\n")
+    found = find_cgroup(root=str(tmp_path), proc_cgroup=str(proc))
+    assert isinstance(found, CgroupV1)
+    assert found.dirs == {name: str(d) for name, d in dirs.items()}
+    proc.write_text("12:pids:/docker/abc\n")
+    assert find_cgroup(root=str(tmp_path), proc_cgroup=str(proc)) is None
+    assert find_cgroup(root=str(tmp_path), proc_cgroup=str(tmp_path / "missing")) is None
 
 
 def test_cpu_against_cgroup_quota(tmp_path):
     cg = make_cgroup(tmp_path, cpu_max="50000 100000", usage=1_000_000)
     now = [100.0]
-    probe = SystemProbe(cgroup=str(cg), clock=lambda: now[0])
+    probe = SystemProbe(cgroup=CgroupV2(str(cg)), clock=lambda: now[0])
     verifyObject(ISystemProbe, probe)
     now[0] += 2.0
     (cg / "cpu.stat").write_text("usage_usec 1500000\n")
@@ -48,15 +69,38 @@ def test_cpu_against_cgroup_quota(tmp_path):
 def test_cpu_quota_above_one_core_counts_one_core(tmp_path):
     cg = make_cgroup(tmp_path, cpu_max="200000 100000", usage=0)
     now = [100.0]
-    probe = SystemProbe(cgroup=str(cg), clock=lambda: now[0])
+    probe = SystemProbe(cgroup=CgroupV2(str(cg)), clock=lambda: now[0])
     now[0] += 2.0
     (cg / "cpu.stat").write_text("usage_usec 1500000\n")
     assert probe.cpu_percent() == pytest.approx(75.0)  # of the one core a reactor uses
 
 
+def test_cpu_and_memory_against_cgroup_v1_limits(tmp_path):
+    dirs = make_v1(tmp_path, quota=50000, usage_ns=10**9, limit=512 * 2**20,
+                   current=128 * 2**20)
+    now = [100.0]
+    probe = SystemProbe(cgroup=CgroupV1({k: str(d) for k, d in dirs.items()}),
+                        clock=lambda: now[0], cpu_seconds=lambda: 0.0)
+    now[0] += 2.0
+    (dirs["cpuacct"] / "cpuacct.usage").write_text(f"{int(1.6e9)}\n")
+    assert probe.cpu_percent() == pytest.approx(60.0)  # 0.6 s of 1 s the half core allows
+    assert probe.memory_percent() == pytest.approx(25.0)
+
+
+def test_cgroup_v1_without_limits_counts_this_process_and_the_host(tmp_path):
+    dirs = make_v1(tmp_path, usage_ns=10**12)
+    now, used = [100.0], [1.0]
+    probe = SystemProbe(cgroup=CgroupV1({k: str(d) for k, d in dirs.items()}),
+                        clock=lambda: now[0], cpu_seconds=lambda: used[0])
+    now[0] += 1.0
+    used[0] += 0.5
+    assert probe.cpu_percent() == pytest.approx(50.0)
+    assert 0.0 < probe.memory_percent() <= 100.0
+
+
 def test_cpu_without_a_quota_is_this_process_against_one_core(tmp_path):
     now, used = [100.0], [10.0]
-    for cgroup in (str(make_cgroup(tmp_path)), ""):
+    for cgroup in (CgroupV2(str(make_cgroup(tmp_path))), None):
         probe = SystemProbe(cgroup=cgroup, clock=lambda: now[0], cpu_seconds=lambda: used[0])
         now[0] += 2.0
         used[0] += 1.8
@@ -64,23 +108,22 @@ def test_cpu_without_a_quota_is_this_process_against_one_core(tmp_path):
         now[0] += 1.0
         used[0] += 1.5  # the gRPC threads beside the reactor
         assert probe.cpu_percent() == 100.0
-    assert 0.0 <= SystemProbe(cgroup="").cpu_percent() <= 100.0
+    assert 0.0 <= SystemProbe(cgroup=None).cpu_percent() <= 100.0
+    assert 0.0 <= SystemProbe().cpu_percent() <= 100.0  # this process's own cgroup
 
 
 def test_memory_against_cgroup_limit(tmp_path):
     cg = make_cgroup(tmp_path, memory_max=str(512 * 2**20), current=128 * 2**20)
-    assert SystemProbe(cgroup=str(cg)).memory_percent() == pytest.approx(25.0)
+    assert SystemProbe(cgroup=CgroupV2(str(cg))).memory_percent() == pytest.approx(25.0)
     (cg / "memory.current").write_text(str(600 * 2**20))
-    assert SystemProbe(cgroup=str(cg)).memory_percent() == 100.0
+    assert SystemProbe(cgroup=CgroupV2(str(cg))).memory_percent() == 100.0
 
 
 def test_unlimited_cgroup_falls_back_to_the_host(tmp_path):
-    cg = make_cgroup(tmp_path)
-    probe = SystemProbe(cgroup=str(cg))
+    probe = SystemProbe(cgroup=CgroupV2(str(make_cgroup(tmp_path))))
     for value in (probe.cpu_percent(), probe.memory_percent()):
         assert 0.0 <= value <= 100.0
-    no_cgroup = SystemProbe(cgroup="")
-    assert 0.0 < no_cgroup.memory_percent() <= 100.0
+    assert 0.0 < SystemProbe(cgroup=None).memory_percent() <= 100.0
 
 
 def test_fixed_probe_is_a_probe():
