@@ -67,8 +67,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 HEALTH_NAMES = {0: "PENDING", 1: "HEALTHY", 2: "DEGRADED", 3: "UNHEALTHY", 4: "DRAINING"}
 #: The MC's settings in this benchmark: its defaults (MC_MAX_MEETINGS 1000,
 #: MC_MAX_PARTICIPANTS 10000, MC_MAX_PENDING_SESSIONS 1000, log level info...)
-#: are all kept; none is changed.
-MC_ENV = {}
+#: are kept but one: every generator shares 127.0.0.1, which the per-address
+#: cap of handshakes (20, against one attacker's address) would hold to 20
+#: at a time; the MC-wide cap still holds.
+MC_ENV = {"MC_MAX_PENDING_SESSIONS_PER_ADDRESS": "1000"}
 #: Issue 18's targets, for every configuration of the MC (one MC, production
 #: intervals; the drain's receiving MC never DEGRADED by it).
 TARGETS = {"cpu_per_join_ms": 2.0, "cpu_per_message_us": 80.0, "join_p99_ms": 20.0,
