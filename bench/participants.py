@@ -637,7 +637,7 @@ def run_size(args, workdir, fake, redis, broker, server, n, seq):
             f"(generators {j['gen_cpu_per_join_ms']}); lag p99 {j['lag']['p99_ms']} ms; machine "
             f"{j['host_cpu_pct']} % busy ({j['others_cpu_pct']} % others); RSS "
             f"{r['rss_per_participant'] / 1024:.1f} KiB/participant; UDP drops {j['udp_drops']}; "
-            f"retries {s['counters']}")
+            f"retries {s['counters']}; collector {j.get('collector')}")
 
         # -- steady ----------------------------------------------------------
         gens.send(cmd="phase", name="steady")
@@ -681,7 +681,8 @@ def run_size(args, workdir, fake, redis, broker, server, n, seq):
         say(f"  steady: {msgs_in} in, {msgs_out} out in {st['seconds']} s; CPU "
             f"{st['cpu_per_message_us']} us/message ({st['server_cpu_pct']} % of a core); lag "
             f"p99 {st['lag']['p99_ms']} ms; machine {st['host_cpu_pct']} % busy "
-            f"({st['others_cpu_pct']} % others); UDP drops {st['udp_drops']}")
+            f"({st['others_cpu_pct']} % others); UDP drops {st['udp_drops']}; collector "
+            f"{st.get('collector')}")
 
         # -- drain -----------------------------------------------------------
         if mc:
@@ -732,6 +733,47 @@ def place_alternately(fake, mcs, n, group, prefix):
     return {m.mc_id: len(meetings[i::len(mcs)]) for i, m in enumerate(mcs)}
 
 
+def collector_pauses(mc):
+    """The MC's ``mc_python_gc_pause_seconds`` now: per generation, the
+    count, the sum and the cumulative count at each bucket bound."""
+    status, body = mc.http("/metrics")
+    out = {}
+    if status != 200:
+        return out
+    for line in body.splitlines():
+        if not line.startswith("mc_python_gc_pause_seconds"):
+            continue
+        name, value = line.rsplit(" ", 1)
+        generation = name.split('generation="', 1)[1].split('"', 1)[0]
+        g = out.setdefault(generation, {"buckets": {}})
+        if "_bucket{" in name:
+            g["buckets"][float(name.split('le="', 1)[1].split('"', 1)[0])] = float(value)
+        elif name.startswith("mc_python_gc_pause_seconds_count"):
+            g["count"] = float(value)
+        elif name.startswith("mc_python_gc_pause_seconds_sum"):
+            g["sum"] = float(value)
+    return out
+
+
+def collector_summary(before, after):
+    """Collections between two ``collector_pauses`` reads of each MC, summed:
+    how many (full ones apart), their total pause, how many over 10 and
+    50 ms (the histogram's bounds)."""
+    out = {"collections": 0, "full": 0, "pause_ms": 0.0, "over_10ms": 0, "over_50ms": 0}
+    for b_all, a_all in zip(before, after, strict=True):
+        for generation, a in a_all.items():
+            b = b_all.get(generation, {"buckets": {}})
+            count = a.get("count", 0) - b.get("count", 0)
+            out["collections"] += int(count)
+            out["full"] += int(count) if generation == "2" else 0
+            out["pause_ms"] += 1000 * (a.get("sum", 0) - b.get("sum", 0))
+            for bound, key in ((0.01, "over_10ms"), (0.05, "over_50ms")):
+                under = a["buckets"].get(bound, 0) - b["buckets"].get(bound, 0)
+                out[key] += int(count - under)
+    out["pause_ms"] = round(out["pause_ms"], 1)
+    return out
+
+
 def _histogram_sum(histograms):
     total = {}
     for h in histograms:
@@ -749,6 +791,7 @@ class Lag:
         self.mcs, self.yard = mcs, yard
         if mcs:
             self.before = _histogram_sum(lag_histogram(m) for m in mcs)
+            self.collector = [collector_pauses(m) for m in mcs]
             self.samplers = [LagSampler(m) for m in mcs]
             for sampler in self.samplers:
                 sampler.start()
@@ -762,7 +805,9 @@ class Lag:
             sampler.stop()
         after = _histogram_sum(lag_histogram(m) for m in self.mcs)
         return {"lag": lag_summary(self.before, after,
-                                   [v for sampler in self.samplers for v in sampler.samples])}
+                                   [v for sampler in self.samplers for v in sampler.samples]),
+                "collector": collector_summary(
+                    self.collector, [collector_pauses(m) for m in self.mcs])}
 
 
 def snapshot(args, workdir, name, mc, k):
