@@ -664,7 +664,8 @@ REQUIRED = {"mc_meetings_current", "mc_meetings_max", "mc_participants_current",
             "mc_assignment_duration_seconds_bucket", "mc_joins_total",
             "mc_join_duration_seconds_bucket", "mc_gc_heartbeats_total",
             "mc_gc_last_heartbeat_ack_age_seconds", "mc_reactor_lag_seconds", "mc_redis_up",
-            "mc_fenced_out_total", "mc_reconnects_total"}
+            "mc_fenced_out_total", "mc_reconnects_total", "mc_config_reloads_total",
+            "mc_jwks_refresh_total", "mc_build_info"}
 
 
 def exported_names(families):
