@@ -142,6 +142,7 @@ def test_a_meeting_claimed_elsewhere_sends_its_people_there(mc_procs, fake_gc, l
     assignable(fake_gc, first)
     ann = join(loop, fake_gc, "mv-6", "Ann")
     second = mc_procs(mc_id="mc-second")
+    assignable(fake_gc, second)  # a GC assigns only to an MC whose heartbeat says it may
     assert assign_meeting(second.grpc_target, "mv-6", MH, E2E_GC_TOKEN).accepted
     redirect = ann.expect("redirect_to_mc", timeout=10).redirect_to_mc
     assert (redirect.meeting_id, redirect.reason) == ("mv-6", "moved")
