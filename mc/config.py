@@ -25,6 +25,7 @@ MAX_UINT31 = 2**31 - 1
 MAX_TOKEN_BYTES = 8192
 TOKEN_RE = re.compile(r"[\x21-\x7e]+")
 MIN_BINDING_SECRET_BYTES = 32
+MAX_CLIENT_SECRET_CHARS = 1024
 DEFAULT_WEBTRANSPORT_PORT = 4433
 
 
@@ -318,6 +319,16 @@ def parse_token(option, value):
     return Secret(value)
 
 
+def parse_client_secret(option, value):
+    """The MC's client secret at the Auth Controller: 1-1024 printable ASCII
+    characters (surrounding whitespace, as a file's newline, dropped)."""
+    value = value.strip()
+    if not value or len(value) > MAX_CLIENT_SECRET_CHARS or not TOKEN_RE.fullmatch(value):
+        raise ConfigError(option, f"must be 1-{MAX_CLIENT_SECRET_CHARS} printable ASCII "
+                          "characters without spaces")
+    return Secret(value)
+
+
 def parse_token_list(option, value):
     tokens = [t for t in re.split(r"[,\s]+", value) if t]
     if not tokens:
@@ -348,6 +359,15 @@ SETTINGS = (
     Setting("region", "MC_REGION", "region", "us-east-1", parse_region, "Region this MC serves"),
     Setting("gc_url", "GC_GRPC_URL", "gc-url", "http://localhost:50051", parse_gc_url,
             "GC gRPC URL; https:// means TLS"),
+    Setting("gc_api", "MC_GC_API", "gc-api", "auto", parse_choice("auto", "v1", "legacy"),
+            "Dialect of the calls to the GC: v1 (dark_tower.internal.v1), legacy "
+            "(dark_tower.internal) or auto (v1 first, then the one that last worked; "
+            "UNIMPLEMENTED is retried at once in the other)"),
+    Setting("ac_endpoint", "AC_ENDPOINT", "ac-endpoint", None, parse_http_url,
+            "The Auth Controller's base URL; with MC_CLIENT_ID and MC_CLIENT_SECRET the MC "
+            "gets its service token there [default: static MC_SERVICE_TOKEN]"),
+    Setting("client_id", "MC_CLIENT_ID", "client-id", None, None,
+            "This MC's client id at the Auth Controller (with AC_ENDPOINT)"),
     Setting("gc_ca_file", "MC_GC_CA_FILE", "gc-ca-file", None, None,
             "CA bundle (PEM) to verify the GC's TLS certificate [default: system roots]"),
     Setting("redis_url", "REDIS_URL", "redis-url", "redis://127.0.0.1:6379/0", parse_redis_url,
@@ -444,6 +464,7 @@ SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
 SERVICE_TOKEN = ("MC_SERVICE_TOKEN", "MC_SERVICE_TOKEN_FILE", "service-token-file")
 GC_TOKENS = ("MC_GC_TOKENS", "MC_GC_TOKENS_FILE", "gc-tokens-file")
+CLIENT_SECRET = ("MC_CLIENT_SECRET", "MC_CLIENT_SECRET_FILE", "client-secret-file")
 BINDING_SECRET = ("MC_BINDING_TOKEN_SECRET", "MC_BINDING_TOKEN_SECRET_FILE",
                   "binding-token-secret-file")
 INSECURE_NO_AUTH_FLAG = "insecure-no-auth"
@@ -485,6 +506,9 @@ class Config:
     mc_id: str
     region: str
     gc_url: str
+    gc_api: str
+    ac_endpoint: str
+    client_id: str
     gc_ca_file: str
     redis: RedisTarget
     grpc_listen: Address
@@ -524,10 +548,16 @@ class Config:
     service_token: Secret
     gc_tokens: tuple
     binding_secret: Secret
+    client_secret: Secret = None
     insecure_no_auth: bool = False
     insecure_no_tls: bool = False
     #: The secrets read from files, which SIGHUP reads again.
     secret_files: tuple = ()
+
+    @property
+    def service_identity_from_ac(self):
+        """The service token comes from the Auth Controller (not a static one)."""
+        return self.ac_endpoint is not None
 
     @property
     def gc_tls(self):
@@ -606,7 +636,8 @@ class SecretFile:
         """The file's secret parsed afresh, or ConfigError naming the option
         (never the content)."""
         parse = {"service_token": parse_token, "gc_tokens": parse_token_list,
-                 "binding_secret": parse_binding_secret}[self.name]
+                 "binding_secret": parse_binding_secret,
+                 "client_secret": parse_client_secret}[self.name]
         return parse(self.option, _read_secret_file(self.option, self.path))
 
 
@@ -636,6 +667,36 @@ def _check_tls_files(values):
     if values["redis_ca"] is not None and not values["redis_url"].tls:
         raise ConfigError(SETTINGS_BY_NAME["redis_ca"].option,
                           "is only used with a rediss:// REDIS_URL")
+
+
+def _service_identity(flags, environ, values, files):
+    """With AC_ENDPOINT: check MC_CLIENT_ID and read the client secret into
+    ``values`` (its file, if any, into ``files`` for SIGHUP); a static service
+    token beside them is refused, so that which identity is used is never a
+    guess. Returns whether the identity comes from the Auth Controller."""
+    option, raw, path = _secret_source(flags, environ, CLIENT_SECRET)
+    if values["ac_endpoint"] is None:
+        for name, given in (("client_id", values["client_id"] is not None),
+                            ("client_secret", raw is not None)):
+            if given:
+                where = SETTINGS_BY_NAME["client_id"].option if name == "client_id" else option
+                raise ConfigError(where, "is only used with AC_ENDPOINT")
+        return False
+    if not values["client_id"] or not TOKEN_RE.fullmatch(values["client_id"]) or \
+            len(values["client_id"]) > MAX_URL_LEN:
+        raise ConfigError(SETTINGS_BY_NAME["client_id"].option,
+                          f"is required with AC_ENDPOINT: 1-{MAX_URL_LEN} printable ASCII "
+                          "characters without spaces")
+    if raw is None:
+        raise ConfigError(option, "is required with AC_ENDPOINT")
+    values["client_secret"] = parse_client_secret(option, raw)
+    if path:
+        files.append(SecretFile("client_secret", option, path))
+    static_option, static_raw, _ = _secret_source(flags, environ, SERVICE_TOKEN)
+    if static_raw is not None:
+        raise ConfigError(static_option, "contradicts AC_ENDPOINT: the service token comes "
+                          "from the Auth Controller; set one or the other")
+    return True
 
 
 def load(flags=None, environ=None):
@@ -690,18 +751,24 @@ def load(flags=None, environ=None):
         values["webtransport_advertise"] = f"https://{host}:{values['webtransport_listen'].port}"
 
     files = []
-    option, raw, path = _secret_source(flags, environ, SERVICE_TOKEN)
-    if raw is None:
-        raise ConfigError(option, "is required: the bearer token the MC sends to the GC")
-    values["service_token"] = parse_token(option, raw)
-    if path:
-        files.append(SecretFile("service_token", option, path))
+    from_ac = _service_identity(flags, environ, values, files)
+    if not from_ac:
+        option, raw, path = _secret_source(flags, environ, SERVICE_TOKEN)
+        if raw is None:
+            raise ConfigError(option, "is required (the bearer token the MC sends to the GC) "
+                              "unless AC_ENDPOINT, MC_CLIENT_ID and MC_CLIENT_SECRET are set")
+        values["service_token"] = parse_token(option, raw)
+        if path:
+            files.append(SecretFile("service_token", option, path))
+    else:
+        values["service_token"] = None
 
     insecure = _switch(flags, environ, INSECURE_NO_AUTH_FLAG, INSECURE_NO_AUTH_ENV)
     option, raw, path = _secret_source(flags, environ, GC_TOKENS)
     if raw is None:
-        if not insecure:
-            raise ConfigError(option, "is required unless --insecure-no-auth is given")
+        if not (insecure or from_ac):
+            raise ConfigError(option, "is required unless AC_ENDPOINT (the GC's tokens are "
+                              "then the Auth Controller's) or --insecure-no-auth is given")
         values["gc_tokens"] = ()
     else:
         values["gc_tokens"] = parse_token_list(option, raw)

@@ -58,7 +58,12 @@ class CallError(Exception):
 
 
 class GcCallError(CallError):
-    """A call to the GC failed."""
+    """A call to the GC failed; ``dialect`` is the dialect of its last
+    attempt (None when it was never sent: no service token)."""
+
+    def __init__(self, method, code, details="", dialect=None):
+        super().__init__(method, code, details)
+        self.dialect = dialect
 
 
 class InvalidToken(Exception):

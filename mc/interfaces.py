@@ -72,7 +72,12 @@ class IFencedStore(Interface):
 
 class IGcClient(Interface):
     """The MC's calls to the Global Controller; each returns a Deferred firing
-    with the response message or failing with ``mc.errors.GcCallError``."""
+    with the response message or failing with ``mc.errors.GcCallError``
+    (whose ``dialect`` names the dialect of the last attempt)."""
+
+    dialect = Attribute("The dialect (``v1`` or ``legacy``) of the call that last worked, "
+                        "which the next call speaks first; read when a call's answer "
+                        "arrives, it is that call's.")
 
     def register(request):
         """RegisterMC."""
@@ -97,6 +102,49 @@ class ITokenCheck(Interface):
         """Return True when the raw ``authorization`` metadata value is
         ``Bearer <a configured token>``; must run in constant time per token and
         is called from non-reactor threads."""
+
+
+class IServiceIdentity(Interface):
+    """The MC's own identity towards the platform: the bearer token it sends
+    on every call to a GC or an MH. Called on the reactor thread."""
+
+    ready = Attribute("True while a token that has not expired is held.")
+
+    def metadata():
+        """The gRPC metadata for a call made now, ``(("authorization",
+        "Bearer <token>"),)``, or None while no unexpired token is held (the
+        call must then not be made: an expired token is never sent)."""
+
+    def when_ready():
+        """A Deferred firing with None once a token is held (at once when one
+        is); cancelling it only stops that wait."""
+
+    def expiry_seconds():
+        """Seconds until the current token expires (0 without one), or None
+        for a token that does not expire (a static one)."""
+
+
+class IJwksKeys(Interface):
+    """The Auth Controller's signing keys, one cache for every JWT the MC
+    checks (meeting tokens and the service tokens of calls it receives)."""
+
+    def key(kid):
+        """``(alg, public key)`` of ``kid``, or None when unknown (or no JWKS
+        is loaded yet). Safe from any thread."""
+
+    def refetch():
+        """Fetch the JWKS again because a token named an unknown kid,
+        rate-limited; a Deferred firing with None (never failing) once that
+        is over. Reactor thread."""
+
+
+class ICallAuthorizer(Interface):
+    """Decides, on a grpcio worker thread, whether a call the MC receives may
+    proceed: its method path and its ``authorization`` metadata values."""
+
+    def thd_authorize(path, authorizations):
+        """``mc.ac.service_tokens.OK``, ``UNAUTHENTICATED`` or
+        ``PERMISSION_DENIED``; may wait (bounded) for the reactor."""
 
 
 class ISystemProbe(Interface):

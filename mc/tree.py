@@ -4,9 +4,11 @@ part needs which, and the order they start in (stop is the reverse)."""
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from mc.ac.identity import AcIdentity, ClientCredentials, StaticIdentity
+from mc.ac.service_tokens import AllowAll, ServiceTokenCheck
 from mc.assignment import AssignmentService
 from mc.binding import BindingKeys
-from mc.gc.auth import AllowAll, TokenCheck
+from mc.gc.auth import TokenCheck
 from mc.gc.gcclient import GrpcGcClient
 from mc.gc.grpcserver import GrpcServerService, ServerTls
 from mc.gc.liaison import GcLiaison
@@ -86,8 +88,13 @@ def build_tree(config, reactor):
     # that lasts, not on a burst.
     root.monitor = HealthMonitor(health, SystemProbe(), reactor, on_lag=metrics.observe_lag,
                                  window=lambda: liaison.comprehensive_interval)
-    root.gc_client = gc_client = GrpcGcClient(config, reactor, deadline=config.gc_deadline)
-    root.liaison = liaison = GcLiaison(config, gc_client, registry, health, reactor, metrics)
+    root.identity = identity = _identity(config, reactor, metrics)
+    root.gc_client = gc_client = GrpcGcClient(
+        config, identity, reactor, deadline=config.gc_deadline,
+        on_call=lambda method, dialect, outcome: metrics.gc_calls.labels(
+            method, dialect, outcome).inc())
+    root.liaison = liaison = GcLiaison(config, gc_client, registry, health, reactor, metrics,
+                                       identity=identity)
     root.ownership = ownership = OwnershipService(
         config, store, registry, gc_client, reactor, metrics,
         interval=lambda: liaison.comprehensive_interval, lease=lease)
@@ -109,16 +116,16 @@ def build_tree(config, reactor):
         config.allowed_origins, lambda peer: SignalingSession(joins, reactor, peer), reactor,
         max_pending=config.max_pending_sessions,
         max_pending_per_host=config.max_pending_per_address)
-    token_check = AllowAll() if config.insecure_no_auth else TokenCheck(config.gc_tokens)
     grpc_tls = ServerTls(config.grpc_tls_cert, config.grpc_tls_key,
                          config.grpc_tls_client_ca) if config.grpc_tls else None
-    root.grpc = GrpcServerService(config.grpc_listen, assignment, token_check, reactor,
+    root.grpc = GrpcServerService(config.grpc_listen, assignment,
+                                  _authorizer(config, tokens, reactor, metrics), reactor,
                                   tls=grpc_tls)
     # HTTP first: a bind failure stops start-up before anything else runs, and
     # /readyz keeps answering "draining" until the very end of a shutdown.
     root.http = HealthHttpService(config.health_listen, health, registry, liaison, metrics,
                                   reactor, idle_timeout=config.http_idle, tokens=tokens,
-                                  webtransport=root.webtransport)
+                                  webtransport=root.webtransport, identity=identity)
     root.reloader = reloader = Reloader(_reloadables(root, grpc_tls), reactor, metrics,
                                         pair_grace=config.cert_pair_grace)
     # A changed file reloads as SIGHUP does; whatever a Reloadable reads is watched.
@@ -132,27 +139,63 @@ def build_tree(config, reactor):
 
     # Participants arrive only once the meetings' side and the JWKS are up,
     # and are cut off (stop is the reverse) before them.
-    for service in (root.http, store, root.monitor, ownership, assignment, tokens, joins,
-                    root.webtransport, root.grpc, liaison, reloader, root.watcher,
-                    root.lifecycle, root.collector):
+    services = (root.http, store, root.monitor, ownership, assignment, tokens, joins,
+                root.webtransport, root.grpc, liaison, reloader, root.watcher, root.lifecycle,
+                root.collector)
+    if isinstance(identity, AcIdentity):
+        # Asked for first, so the token may be there when the liaison starts.
+        services = (root.http, identity) + services[1:]
+    for service in services:
         service.setServiceParent(root)
     return root
 
 
+def _identity(config, reactor, metrics):
+    """The MC's service identity: from the Auth Controller, or the static token."""
+    if not config.service_identity_from_ac:
+        return StaticIdentity(config.service_token)
+    identity = AcIdentity(
+        config.client_id, config.client_secret,
+        ClientCredentials(reactor, config.ac_endpoint).request, reactor,
+        on_refresh=lambda outcome: metrics.service_token_refreshes.labels(outcome).inc())
+    metrics.track_service_token_expiry(identity.expiry_seconds)
+    return identity
+
+
+def _authorizer(config, tokens, reactor, metrics):
+    """The check of every call the gRPC server receives: the Auth Controller's
+    service JWTs (by the meeting tokens' JWKS cache, ``tokens``), and the
+    static GC tokens when set."""
+    if config.insecure_no_auth:
+        return AllowAll()
+    return ServiceTokenCheck(
+        tokens, reactor, config.clock_skew,
+        static=TokenCheck(config.gc_tokens) if config.gc_tokens else None,
+        on_outcome=lambda service, outcome: metrics.service_token_checks.labels(
+            service, outcome).inc())
+
+
 def _reloadables(root, grpc_tls):
     """What SIGHUP reads again and where each goes: the secrets that came
-    from files, the WebTransport certificate, the gRPC server's certificates."""
+    from files (MC_CLIENT_SECRET_FILE among them, so a watcher that sends
+    SIGHUP covers it), the WebTransport certificate, the gRPC server's
+    certificates."""
     config = root.config
 
     def service_token(token):
         register_secret_values(token)
-        root.gc_client.use_service_token(token)
+        root.identity.use_token(token)
 
     def gc_tokens(tokens):
         register_secret_values(*tokens)
-        root.grpc.use_token_check(TokenCheck(tokens))
+        root.grpc.use_authorizer(root.grpc.authorizer.with_static(TokenCheck(tokens)))
 
-    apply = {"service_token": service_token, "gc_tokens": gc_tokens}
+    def client_secret(secret):
+        register_secret_values(secret)
+        root.identity.use_client_secret(secret)
+
+    apply = {"service_token": service_token, "gc_tokens": gc_tokens,
+             "client_secret": client_secret}
     items = []
     for source in config.secret_files:
         if source.name == "binding_secret":

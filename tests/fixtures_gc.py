@@ -4,7 +4,11 @@ a self-signed certificate and a Config pointing at a FakeGc."""
 import datetime
 import ipaddress
 
+from twisted.internet import reactor
+
 from mc import config as mc_config
+from mc.ac.identity import StaticIdentity
+from mc.gc.gcclient import GrpcGcClient
 from mc.proto import gc_mc_pb2
 from tests.configs import PARTICIPANT_ENV
 
@@ -78,3 +82,8 @@ def gc_config(gc_url, ca_file=None, token=TOKEN):
     if ca_file is not None:
         flags["gc-ca-file"] = str(ca_file)
     return mc_config.load(flags, {"MC_SERVICE_TOKEN": token, **PARTICIPANT_ENV})
+
+
+def static_client(config, **kw):
+    """A GrpcGcClient sending the config's static service token."""
+    return GrpcGcClient(config, StaticIdentity(config.service_token), reactor, **kw)

@@ -12,9 +12,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task, threads
 
+from mc.ac.service_tokens import AllowAll
 from mc.assignment import AssignmentService
-from mc.gc.auth import AllowAll, TokenCheck
-from mc.gc.gcclient import GrpcGcClient
 from mc.gc.grpcserver import GrpcServerService
 from mc.lease import Lease
 from mc.meetings import MeetingRegistry
@@ -22,9 +21,10 @@ from mc.ops.health import Health
 from mc.ops.metrics import Metrics
 from mc.ownership import OwnershipService
 from mc.proto import gc_mc_pb2 as pb
-from mc.testing.doubles import ScriptedGcClient
+from mc.testing.doubles import ScriptedGcClient, static_token_check
 from mc.testing.fakegc import FakeGc, assign_meeting
 from tests.configs import TEST_GC_TOKEN, TEST_SERVICE_TOKEN, make_config
+from tests.fixtures_gc import static_client
 from tests.helpers import wait_until
 
 PRIMARY = ("mh-a", "https://mh-a.example:4433", "")
@@ -51,7 +51,8 @@ class Mc:
         self.service = AssignmentService(self.config, store, self.registry, self.health,
                                          self.ownership, reactor, self.metrics)
         self.server = GrpcServerService(self.config.grpc_listen, self.service,
-                                        token_check or TokenCheck(self.config.gc_tokens),
+                                        token_check
+                                        or static_token_check(self.config.gc_tokens, reactor),
                                         reactor, grace=1.0)
         self.ownership.startService()
         self.service.startService()
@@ -85,7 +86,7 @@ async def make_mc(make_store):
         store = store or await make_store()
         client = ScriptedGcClient()
         if gc is not None:
-            client = GrpcGcClient(make_config(gc_url=gc.url), reactor, deadline=5.0)
+            client = static_client(make_config(gc_url=gc.url), deadline=5.0)
         mc = Mc(store, client, ownership_interval, **flags)
         made.append(mc)
         return mc
@@ -356,7 +357,7 @@ async def test_stop_waits_for_the_server_and_frees_the_port(redis, make_mc):
     code, _ = await rpc_error(mc.call("meeting-1"))
     assert code == grpc.StatusCode.UNAVAILABLE
     again = GrpcServerService(f"127.0.0.1:{port}", mc.service,
-                              TokenCheck(mc.config.gc_tokens), reactor)
+                              static_token_check(mc.config.gc_tokens, reactor), reactor)
     again.startService()
     try:
         assert again.port == port
@@ -369,7 +370,7 @@ async def test_stop_waits_for_the_server_and_frees_the_port(redis, make_mc):
 async def test_binding_a_taken_port_fails_clearly(redis, make_mc):
     mc = await make_mc()
     other = GrpcServerService(f"127.0.0.1:{mc.server.port}", mc.service,
-                              TokenCheck(mc.config.gc_tokens), reactor)
+                              static_token_check(mc.config.gc_tokens, reactor), reactor)
     with pytest.raises(Exception, match="could not bind"):
         other.startService()
     assert not other.running

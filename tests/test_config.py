@@ -108,7 +108,7 @@ def test_service_token_required():
 
 
 def test_gc_tokens_required_unless_insecure():
-    with pytest.raises(usage.UsageError, match="MC_GC_TOKENS .*required unless --insecure"):
+    with pytest.raises(usage.UsageError, match="MC_GC_TOKENS .*unless AC_ENDPOINT .* --insecure"):
         Options(environ={"MC_SERVICE_TOKEN": "a", **P}).parseOptions([])
     o = Options(environ={"MC_SERVICE_TOKEN": "a", **P})
     o.parseOptions(["--insecure-no-auth"])

@@ -11,12 +11,12 @@ from fixtures_gc import (
     gc_config,
     register_request,
     self_signed_cert,
+    static_client,
 )
 from twisted.internet import defer, reactor, task
 from zope.interface.verify import verifyObject
 
 from mc.errors import GcCallError
-from mc.gc.gcclient import GrpcGcClient
 from mc.interfaces import IGcClient
 from mc.proto import gc_mc_pb2
 from mc.testing.fakegc import FakeGc
@@ -31,7 +31,7 @@ def fake():
 
 @pytest.fixture
 def client(fake):
-    c = GrpcGcClient(gc_config(fake.url), reactor, deadline=5.0)
+    c = static_client(gc_config(fake.url), deadline=5.0)
     yield c
     c.close()
 
@@ -98,7 +98,7 @@ async def test_not_found_unavailable_invalid_map_to_codes(fake, client):
 async def test_stopped_gc_is_unavailable(fake):
     url = fake.url
     fake.stop()
-    c = GrpcGcClient(gc_config(url), reactor, deadline=5.0)
+    c = static_client(gc_config(url), deadline=5.0)
     try:
         error = await call_error(c.register(register_request()))
     finally:
@@ -108,7 +108,7 @@ async def test_stopped_gc_is_unavailable(fake):
 
 @pytest_twisted.ensureDeferred
 async def test_wrong_token_is_unauthenticated_and_not_echoed(fake):
-    c = GrpcGcClient(gc_config(fake.url, token="not-the-token"), reactor)
+    c = static_client(gc_config(fake.url, token="not-the-token"))
     try:
         error = await call_error(c.register(register_request()))
     finally:
@@ -120,7 +120,7 @@ async def test_wrong_token_is_unauthenticated_and_not_echoed(fake):
 @pytest_twisted.ensureDeferred
 async def test_slow_gc_is_deadline_exceeded(fake):
     fake.set_delay(2)
-    c = GrpcGcClient(gc_config(fake.url), reactor, deadline=0.2)
+    c = static_client(gc_config(fake.url), deadline=0.2)
     try:
         error = await call_error(c.register(register_request()))
     finally:
@@ -148,13 +148,13 @@ async def test_tls_with_ca_file(tmp_path):
     ca_file.write_bytes(cert)
     with FakeGc(TOKEN, tls=(cert, key)) as gc:
         assert gc.url.startswith("https://")
-        c = GrpcGcClient(gc_config(gc.url, ca_file=ca_file), reactor, deadline=5.0)
+        c = static_client(gc_config(gc.url, ca_file=ca_file), deadline=5.0)
         try:
             assert (await c.register(register_request())).accepted
         finally:
             c.close()
         # With the system roots the self-signed certificate is not trusted.
-        c = GrpcGcClient(gc_config(gc.url), reactor, deadline=5.0)
+        c = static_client(gc_config(gc.url), deadline=5.0)
         try:
             error = await call_error(c.register(register_request()))
         finally:

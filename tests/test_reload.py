@@ -31,6 +31,7 @@ from mc.proto import gc_mc_pb2 as pb
 from mc.proto import gc_mc_pb2_grpc
 from mc.testing.certs import CertificateAuthority, write_self_signed
 from mc.testing.daemon import wait_for
+from mc.testing.doubles import static_token_check
 from mc.testing.fakegc import FakeGc, assign_meeting
 from mc.testing.participant import SyncParticipant
 from mc.testing.wtclient import connect
@@ -230,11 +231,12 @@ async def test_tokens_and_certificate_rotate_with_a_call_in_flight(tmp_path):
     source = SecretFile("gc_tokens", "MC_GC_TOKENS_FILE", str(tokens))
     held = Held()
     tls = ServerTls(served.cert_path, served.key_path)
-    server = GrpcServerService("127.0.0.1:0", held, TokenCheck(source.read()), reactor,
+    server = GrpcServerService("127.0.0.1:0", held, static_token_check(source.read(), reactor),
+                               reactor,
                                grace=0.5, tls=tls)
     reloader = Reloader([
         Reloadable("MC_GC_TOKENS_FILE", source.read,
-                   lambda t: server.use_token_check(TokenCheck(t))),
+                   lambda t: server.use_authorizer(server.authorizer.with_static(TokenCheck(t)))),
         Reloadable("MC_GRPC_TLS_CERT_PATH / MC_GRPC_TLS_KEY_PATH", tls.load,
                    server.use_certificates)], reactor, Metrics())
     server.startService()

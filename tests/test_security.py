@@ -17,12 +17,12 @@ from twisted.logger import LogLevel, formatEvent
 
 from mc.config import parse_redis_url
 from mc.errors import ConfigError
-from mc.gc.auth import TokenCheck
 from mc.gc.grpcserver import GrpcServerService, ServerTls
 from mc.redis import scripts
 from mc.redis.store import RedisFencedStore
 from mc.testing.certs import CertificateAuthority
 from mc.testing.daemon import wait_for
+from mc.testing.doubles import static_token_check
 from mc.testing.fakegc import assign_meeting
 from mc.testing.redisproc import RedisProcess, SentinelProcess
 from mc.tree import MeetingController
@@ -157,7 +157,8 @@ async def grpc_server(pki):
         tls = ServerTls(server.cert_path, server.key_path,
                         pki["ca"].cert_path if mutual else None)
         service = GrpcServerService("127.0.0.1:0", Assignments(),
-                                    TokenCheck(make_config().gc_tokens), reactor, grace=0.5,
+                                    static_token_check(make_config().gc_tokens, reactor),
+                                    reactor, grace=0.5,
                                     tls=tls)
         service.startService()
         started.append(service)

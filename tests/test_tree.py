@@ -11,7 +11,14 @@ from twisted.application.service import IServiceCollection
 from twisted.internet import defer, reactor, threads
 from zope.interface.verify import verifyObject
 
-from mc.interfaces import IFencedStore, IGcClient, ISystemProbe, ITokenCheck, ITokenVerifier
+from mc.interfaces import (
+    ICallAuthorizer,
+    IFencedStore,
+    IGcClient,
+    IServiceIdentity,
+    ISystemProbe,
+    ITokenVerifier,
+)
 from mc.participants.engine import NAME as QUIC_ENGINE
 from mc.tap import Options, makeService
 from mc.testing.fakegc import FakeGc, assign_meeting
@@ -46,10 +53,11 @@ def test_tree_shape_and_seams(redis, gc):
     assert [s.name for s in root] == ORDER
     verifyObject(IFencedStore, root.store)
     verifyObject(IGcClient, root.gc_client)
-    verifyObject(ITokenCheck, root.grpc._token_check)
+    verifyObject(ICallAuthorizer, root.grpc.authorizer)
+    verifyObject(IServiceIdentity, root.identity)
     verifyObject(ISystemProbe, root.monitor._probe)
     verifyObject(ITokenVerifier, root.tokens)
-    assert "AllowAll" not in repr(root.grpc._token_check)
+    assert "AllowAll" not in repr(root.grpc.authorizer)
 
 
 def test_build_info_names_the_version_python_and_quic_engine(redis, gc):
@@ -64,7 +72,7 @@ def test_build_info_names_the_version_python_and_quic_engine(redis, gc):
 
 def test_insecure_no_auth_wires_allow_all(redis, gc):
     root = makeService(options(redis, gc, "--insecure-no-auth"), reactor)
-    assert repr(root.grpc._token_check) == "<AllowAll>"
+    assert repr(root.grpc.authorizer) == "<AllowAll>"
 
 
 @pytest_twisted.ensureDeferred

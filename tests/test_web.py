@@ -119,7 +119,7 @@ async def test_metrics_exposition(rig):
     rig.registry.get(MEETING_ID).admit("user-1", "Ann", None, 0.0, lambda: "participant-1")
     rig.metrics.assignments.labels("ACCEPTED", "").inc()
     rig.metrics.assignment_duration.observe(0.003)
-    rig.metrics.heartbeats.labels("fast", "ok").inc()
+    rig.metrics.heartbeats.labels("fast", "ok", "v1").inc()
     rig.redis_up = False
 
     response, body = await rig.request("/metrics")

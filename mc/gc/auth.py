@@ -1,5 +1,6 @@
-"""The GC's bearer token check, run on gRPC worker threads: pure, no I/O, no
-shared mutable state."""
+"""The static GC tokens (MC_GC_TOKENS) check, run on gRPC worker threads:
+pure, no I/O, no shared mutable state. ``mc.ac.service_tokens`` asks it on
+MeetingControllerService beside the Auth Controller's JWTs."""
 
 import hmac
 
@@ -42,14 +43,3 @@ class TokenCheck:
         for t in self._tokens:
             ok |= hmac.compare_digest(token, t)
         return ok
-
-
-@implementer(ITokenCheck)
-class AllowAll:
-    """``--insecure-no-auth``: every caller is accepted."""
-
-    def __repr__(self):
-        return "<AllowAll>"
-
-    def check(self, authorization):
-        return True

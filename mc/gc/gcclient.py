@@ -1,4 +1,12 @@
-"""The MC's calls to the Global Controller over grpcio, as Twisted Deferreds.
+"""The MC's calls to the Global Controller over grpcio, as Twisted Deferreds,
+in either dialect.
+
+``MC_GC_API``: ``v1`` calls ``/dark_tower.internal.v1.GlobalControllerService/...``,
+``legacy`` ``/dark_tower.internal.GlobalControllerService/...``. ``auto``
+starts in v1 and then speaks the dialect that last worked; a call answered
+UNIMPLEMENTED (the other dialect's GC) is retried at once in the other one.
+Behind one GC address a fleet being upgraded mixes both, call by call, and
+the MC follows without a restart.
 
 grpcio completes calls on its own threads; the only way a result gets back to
 the reactor is ``reactor.callFromThread``, so the reactor never blocks on the
@@ -11,7 +19,14 @@ from zope.interface import implementer
 
 from mc.errors import GcCallError
 from mc.interfaces import IGcClient
-from mc.proto import gc_mc_legacy_pb2_grpc
+from mc.proto import gc_mc_legacy_pb2_grpc, gc_mc_pb2_grpc
+
+V1 = "v1"
+LEGACY = "legacy"
+DIALECTS = (V1, LEGACY)
+_STUBS = {V1: gc_mc_pb2_grpc.GlobalControllerServiceStub,
+          LEGACY: gc_mc_legacy_pb2_grpc.GlobalControllerServiceStub}
+_OTHER = {V1: LEGACY, LEGACY: V1}
 
 
 def read_ca_file(path):
@@ -42,54 +57,86 @@ def make_channel(config):
 
 @implementer(IGcClient)
 class GrpcGcClient:
-    """``IGcClient`` over one grpc channel; every call carries the bearer token
-    and a deadline of ``deadline`` seconds."""
+    """``IGcClient`` over one grpc channel; every call carries the service
+    token of ``identity`` (IServiceIdentity) and a deadline of ``deadline``
+    seconds. ``api``: ``auto``, ``v1`` or ``legacy`` (see the module).
+    ``on_call(method, dialect, outcome)`` counts every attempt (``ok`` or
+    the status code name; ``NO_TOKEN`` for a call never sent)."""
 
-    def __init__(self, config, reactor, deadline=10.0):
+    def __init__(self, config, identity, reactor, deadline=10.0, on_call=None):
         self._reactor = reactor
         self._deadline = deadline
         self._target = config.gc_target
-        # Kept only inside the metadata tuple, which never reaches a repr or log.
-        self._metadata = (("authorization", "Bearer " + config.service_token.reveal()),)
+        self._identity = identity
+        self._auto = config.gc_api == "auto"
+        self.dialect = V1 if self._auto else config.gc_api
         self._channel = make_channel(config)
-        self._stub = gc_mc_legacy_pb2_grpc.GlobalControllerServiceStub(self._channel)
+        self._stubs = {dialect: stub(self._channel) for dialect, stub in _STUBS.items()}
+        self._on_call = on_call
 
     def __repr__(self):
-        return f"<GrpcGcClient target={self._target!r}>"
-
-    def use_service_token(self, token):
-        """Calls made from now on carry ``token`` (a Secret; it was rotated);
-        calls in flight keep the one they were sent with."""
-        self._metadata = (("authorization", "Bearer " + token.reveal()),)
+        return f"<GrpcGcClient target={self._target!r} dialect={self.dialect}>"
 
     def register(self, request):
-        return self._call("RegisterMC", self._stub.RegisterMC, request)
+        return self._call("RegisterMC", request)
 
     def fast_heartbeat(self, request):
-        return self._call("FastHeartbeat", self._stub.FastHeartbeat, request)
+        return self._call("FastHeartbeat", request)
 
     def comprehensive_heartbeat(self, request):
-        return self._call("ComprehensiveHeartbeat", self._stub.ComprehensiveHeartbeat, request)
+        return self._call("ComprehensiveHeartbeat", request)
 
     def notify_meeting_ended(self, request):
-        return self._call("NotifyMeetingEnded", self._stub.NotifyMeetingEnded, request)
+        return self._call("NotifyMeetingEnded", request)
 
     def close(self):
         self._channel.close()
 
-    def _call(self, method, multicallable, request):
-        future = multicallable.future(
-            request, timeout=self._deadline, metadata=self._metadata
-        )
+    def _count(self, method, dialect, outcome):
+        if self._on_call is not None:
+            self._on_call(method, dialect, outcome)
+
+    def _call(self, method, request):
+        """One call in the current dialect, and in auto mode the same call
+        once more in the other when the first is answered UNIMPLEMENTED."""
+        d = defer.Deferred(lambda _d: attempt.cancel())
+        attempt = self._attempt(method, request, self.dialect)
+
+        def retry_other(failure):
+            err = failure.value
+            if (self._auto and isinstance(err, GcCallError) and err.code == "UNIMPLEMENTED"
+                    and err.dialect is not None):
+                nonlocal attempt
+                attempt = self._attempt(method, request, _OTHER[err.dialect])
+                return attempt
+            return failure
+
+        def deliver(result, ok):
+            if not d.called:  # a cancelled Deferred has failed already
+                (d.callback if ok else d.errback)(result)
+
+        attempt.addErrback(retry_other)
+        attempt.addCallbacks(deliver, deliver, callbackArgs=(True,), errbackArgs=(False,))
+        return d
+
+    def _attempt(self, method, request, dialect):
+        metadata = self._identity.metadata()
+        if metadata is None:
+            self._count(method, "none", "NO_TOKEN")
+            return defer.fail(GcCallError(method, "UNAUTHENTICATED", "no service token"))
+        future = getattr(self._stubs[dialect], method).future(
+            request, timeout=self._deadline, metadata=metadata)
         d = defer.Deferred(lambda _d: future.cancel())
 
         def deliver(outcome, is_error):
-            # A cancelled Deferred has already failed with CancelledError.
             if d.called:
                 return
             if is_error:
+                self._count(method, dialect, outcome.code)
                 d.errback(outcome)
             else:
+                self._count(method, dialect, "ok")
+                self.dialect = dialect
                 d.callback(outcome)
 
         def thd_done(fut):
@@ -98,9 +145,11 @@ class GrpcGcClient:
             try:
                 outcome, is_error = fut.result(), False
             except grpc.RpcError as e:
-                outcome, is_error = GcCallError(method, e.code().name, e.details() or ""), True
+                outcome, is_error = GcCallError(method, e.code().name, e.details() or "",
+                                                dialect), True
             except Exception as e:  # anything else must still reach the reactor
-                outcome, is_error = GcCallError(method, "UNKNOWN", type(e).__name__), True
+                outcome, is_error = GcCallError(method, "UNKNOWN", type(e).__name__,
+                                                dialect), True
             self._reactor.callFromThread(deliver, outcome, is_error)
 
         future.add_done_callback(thd_done)

@@ -1,4 +1,11 @@
-"""The MC's grpcio server (MeetingControllerService) as a Twisted service.
+"""The MC's grpcio server as a Twisted service: MeetingControllerService under
+both packages (``dark_tower.internal.v1`` and the legacy
+``dark_tower.internal``) on the one port, and the other services added with
+``add_handlers`` (the media handlers' MediaCoordinationService).
+
+Every call, to any path, first passes the authorizer (``ICallAuthorizer``:
+``mc.ac.service_tokens``) in a server interceptor, so no servicer can be
+reached without its check and an unknown path is refused like a bad token.
 
 grpcio runs each call on a worker thread of its own pool. A worker checks the
 token and validates the request by itself (pure code), then hands the call to
@@ -27,6 +34,7 @@ from twisted.internet import defer, threads
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from mc.ac.service_tokens import OK, STATUS
 from mc.assignment import AT_CAPACITY, DRAINING, UNHEALTHY, InvalidAssignment, validate_assignment
 from mc.errors import ConfigError, KeyMismatch
 from mc.proto import gc_mc_legacy_pb2
@@ -111,11 +119,32 @@ class ServerTls:
                                                          root_certificates=client_ca)
 
 
-def thd_authorized(context, token_check):
-    """One ``authorization`` header the check accepts (None when absent); two
-    are refused, whichever one a proxy would have looked at."""
-    values = [v for k, v in context.invocation_metadata() if k == "authorization"]
-    return len(values) <= 1 and token_check.check(values[0] if values else None)
+def authorizations(metadata):
+    """Every ``authorization`` value of a call's metadata (two are refused,
+    whichever one a proxy would have looked at)."""
+    return [v for k, v in metadata or () if k == "authorization"]
+
+
+class _Authorizing(grpc.ServerInterceptor):
+    """Runs the server's current authorizer on every call before its
+    handler; a refused call gets the generic status of its outcome."""
+
+    def __init__(self, server):
+        self._server = server
+
+    def intercept_service(self, continuation, handler_call_details):
+        path = handler_call_details.method
+        outcome = self._server.authorizer.thd_authorize(
+            path, authorizations(handler_call_details.invocation_metadata))
+        if outcome == OK:
+            return continuation(handler_call_details)
+        self._server.thd_refused(path, outcome)
+        code, message = STATUS[outcome]
+
+        def refuse(_request, context):
+            context.abort(code, message)
+
+        return grpc.unary_unary_rpc_method_handler(refuse)
 
 
 def thd_valid_assignments(request, context, max_message_bytes):
@@ -148,14 +177,16 @@ class GrpcServerService(Service):
     name = "grpc"
     log = Logger()
 
-    def __init__(self, listen_address, assignment, token_check, reactor, max_workers=8,
+    def __init__(self, listen_address, assignment, authorizer, reactor, max_workers=8,
                  grace=5.0, max_message_bytes=64 * 1024, max_wait=10.0, tls=None):
         self._address = str(listen_address)
         self._tls = tls
         self._certificates_lock = threading.Lock()
         self._next_certificates = None  # read by grpc's threads, under the lock
         self._assignment = assignment
-        self._token_check = token_check
+        #: ICallAuthorizer; read once per call by the interceptor.
+        self.authorizer = authorizer
+        self._handlers = []
         self._reactor = reactor
         self._max_workers = max_workers
         self._grace = grace
@@ -192,6 +223,7 @@ class GrpcServerService(Service):
                 ("grpc.absolute_max_metadata_size", 64 * 1024),
             ],
             maximum_concurrent_rpcs=self._max_workers * QUEUE_PER_WORKER,
+            interceptors=(_Authorizing(self),),
         )
         # The request arrives as bytes and is parsed in thd_assign, so that bytes
         # that are no request get INVALID_ARGUMENT rather than grpc's INTERNAL.
@@ -200,6 +232,8 @@ class GrpcServerService(Service):
                 self.thd_assign,
                 response_serializer=pb.AssignMeetingWithMhResponse.SerializeToString),
         }) for service in SERVICES))
+        if self._handlers:
+            server.add_generic_rpc_handlers(tuple(self._handlers))
         try:
             port = (server.add_insecure_port(self._address) if credentials is None
                     else server.add_secure_port(self._address, credentials))
@@ -216,11 +250,16 @@ class GrpcServerService(Service):
         self.log.info("gRPC server listening on {address} (port {port}, {security})",
                       address=self._address, port=port, security=security)
 
-    def use_token_check(self, token_check):
-        """Calls that arrive from now on are checked by ``token_check`` (the
-        tokens were rotated); a worker reads it once per call, and calls past
-        their check are not affected."""
-        self._token_check = token_check
+    def add_handlers(self, *handlers):
+        """Serve more services (grpc GenericRpcHandlers) from the next start
+        on; their calls pass the same authorizer."""
+        self._handlers.extend(handlers)
+
+    def use_authorizer(self, authorizer):
+        """Calls that arrive from now on are checked by ``authorizer`` (the
+        static tokens were rotated); a worker reads it once per call, and
+        calls past their check are not affected."""
+        self.authorizer = authorizer
 
     def use_certificates(self, configuration):
         """Serve new connections with ``configuration`` (``ServerTls.load``);
@@ -256,10 +295,11 @@ class GrpcServerService(Service):
             configuration, self._next_certificates = self._next_certificates, None
         return configuration
 
+    def thd_refused(self, path, outcome):
+        """A call was refused by the authorizer: warn, rate-limited, on the reactor."""
+        self._reactor.callFromThread(self._auth_failed, path, outcome)
+
     def thd_assign(self, raw, context):
-        if not self._thd_authorized(context):
-            self._reactor.callFromThread(self._auth_failed, context.peer())
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
         try:
             request = pb.AssignMeetingWithMhRequest.FromString(raw)
         except DecodeError:
@@ -278,9 +318,6 @@ class GrpcServerService(Service):
         except Exception:
             context.abort(grpc.StatusCode.INTERNAL, "internal error")
         return pb.AssignMeetingWithMhResponse(accepted=accepted, rejection_reason=REASONS[reason])
-
-    def _thd_authorized(self, context):
-        return thd_authorized(context, self._token_check)
 
     def _thd_on_reactor(self, meeting_id, mh, gc_id, timeout):
         """Run ``assign`` on the reactor and wait at most ``timeout`` seconds
@@ -321,10 +358,10 @@ class GrpcServerService(Service):
 
     # --- reactor thread ---------------------------------------------------
 
-    def _auth_failed(self, peer):
+    def _auth_failed(self, path, outcome):
         now = self._reactor.seconds()
         if self._last_auth_warning is None or now - self._last_auth_warning >= \
                 AUTH_WARNING_SPACING:
             self._last_auth_warning = now
-            self.log.warn("refused an AssignMeetingWithMh call from {peer}: missing or invalid "
-                          "bearer token", peer=peer)
+            self.log.warn("refused a call to {path}: {outcome} (missing, invalid or "
+                          "unauthorized service token)", path=path[:200], outcome=outcome)

@@ -28,9 +28,11 @@ class GcLiaison(Service):
     name = "gc-liaison"
     log = Logger()
 
-    def __init__(self, config, client, registry, health, clock, metrics, rng=None):
+    def __init__(self, config, client, registry, health, clock, metrics, rng=None,
+                 identity=None):
         self._config = config
         self._client = client
+        self._identity = identity
         self._registry = registry
         self._health = health
         self._clock = clock
@@ -111,6 +113,12 @@ class GcLiaison(Service):
         self._retry_call = None
         if not self.running:
             return
+        if self._identity is not None and not self._identity.ready:
+            self.log.info("registration with the GC waits for a service token")
+            waiting = self._track(self._identity.when_ready())
+            waiting.addCallback(lambda _: self._register())
+            waiting.addErrback(lambda f: f.trap(defer.CancelledError))
+            return
         d = self._track(self._client.register(self.registration_request()))
         d.addCallbacks(self._registered, self._registration_failed)
         d.addErrback(self._bug, "registration")
@@ -119,12 +127,12 @@ class GcLiaison(Service):
         if not self.running:
             return
         if not response.accepted:
-            self._metrics.registrations.labels("rejected").inc()
+            self._metrics.registrations.labels("rejected", self._client.dialect).inc()
             self.log.error("GC did not accept registration of {mc_id}: {gc_message}",
                            mc_id=self._config.mc_id, gc_message=response.message)
             self._retry_later()
             return
-        self._metrics.registrations.labels("accepted").inc()
+        self._metrics.registrations.labels("accepted", self._client.dialect).inc()
         self._attempt = 0
         self.fast_interval = _interval(response.fast_heartbeat_interval_ms,
                                        DEFAULT_FAST_INTERVAL)
@@ -146,7 +154,7 @@ class GcLiaison(Service):
             return
         failure.trap(GcCallError)
         err = failure.value
-        self._metrics.registrations.labels("error").inc()
+        self._metrics.registrations.labels("error", err.dialect or "none").inc()
         if err.code == "INVALID_ARGUMENT":
             self.log.critical(
                 "GC refused registration of {mc_id} as invalid ({details}): fix the "
@@ -219,7 +227,7 @@ class GcLiaison(Service):
         return d
 
     def _heartbeat_ok(self, response, kind):
-        self._metrics.heartbeats.labels(kind, "ok").inc()
+        self._metrics.heartbeats.labels(kind, "ok", self._client.dialect).inc()
         if self.consecutive_failures:
             self.log.info("GC heartbeats succeed again after {failures} failures",
                           failures=self.consecutive_failures)
@@ -233,7 +241,7 @@ class GcLiaison(Service):
         failure.trap(GcCallError)
         err = failure.value
         if err.code == "NOT_FOUND":
-            self._metrics.heartbeats.labels(kind, "not_found").inc()
+            self._metrics.heartbeats.labels(kind, "not_found", err.dialect or "none").inc()
             if self.registered:
                 self.log.warn("GC does not know {mc_id} any more: registering again",
                               mc_id=self._config.mc_id)
@@ -242,7 +250,7 @@ class GcLiaison(Service):
                 self._attempt = 0
                 self._clock.callLater(0, self._register)
             return
-        self._metrics.heartbeats.labels(kind, "error").inc()
+        self._metrics.heartbeats.labels(kind, "error", err.dialect or "none").inc()
         self.consecutive_failures += 1
         self._log_failures += 1
         now = self._clock.seconds()

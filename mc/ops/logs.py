@@ -208,7 +208,7 @@ def register_secrets(config):
     binding secret as the base64 text an operator writes)."""
     binding = Secret(base64.b64encode(config.binding_secret.reveal()).decode("ascii"))
     register_secret_values(config.service_token, *config.gc_tokens, config.redis.password,
-                           binding)
+                           config.client_secret, binding)
 
 
 def register_secret_values(*values):

@@ -33,10 +33,24 @@ class Metrics:
             "mc_assignment_duration_seconds", "Time to answer AssignMeetingWithMh",
             buckets=ASSIGNMENT_BUCKETS, registry=r)
         self.heartbeats = Counter(
-            "mc_gc_heartbeats_total", "Heartbeats sent to the GC", ["kind", "outcome"],
+            "mc_gc_heartbeats_total", "Heartbeats sent to the GC, by the dialect of their last "
+            "attempt (none: not sent, no service token)", ["kind", "outcome", "dialect"],
             registry=r)
         self.registrations = Counter(
-            "mc_gc_registrations_total", "Registration attempts", ["outcome"], registry=r)
+            "mc_gc_registrations_total", "Registration attempts, by the dialect of their last "
+            "attempt", ["outcome", "dialect"], registry=r)
+        self.gc_calls = Counter(
+            "mc_gc_calls_total", "Every attempt of a call to the GC (an UNIMPLEMENTED one "
+            "retried in the other dialect counts twice), by dialect and gRPC status",
+            ["method", "dialect", "outcome"], registry=r)
+        self.service_token_refreshes = Counter(
+            "mc_service_token_refresh_total", "Service token requests to the Auth Controller, "
+            "by outcome (ok, rejected: credentials refused, invalid: no usable token, error)",
+            ["outcome"], registry=r)
+        self.service_token_checks = Counter(
+            "mc_service_token_checks_total", "Service tokens of received gRPC calls, by "
+            "service and outcome (ok, unauthenticated, permission_denied)",
+            ["service", "outcome"], registry=r)
         self.registered = Gauge(
             "mc_gc_registered", "1 while registered with the GC", registry=r)
         self.fenced_out = Counter(
@@ -105,6 +119,15 @@ class Metrics:
         self.build_info = Gauge(
             "mc_build_info", "Always 1: what this MC runs (package version, Python, QUIC "
             "engine and its version)", ["version", "python", "quic_engine"], registry=r)
+
+    def track_service_token_expiry(self, seconds):
+        """``mc_service_token_expiry_seconds``, read from ``seconds()`` at each
+        scrape; only an MC whose token comes from the Auth Controller has it
+        (a static token has no expiry, and a 0 would look like an expired one)."""
+        gauge = Gauge("mc_service_token_expiry_seconds", "Seconds until the current service "
+                      "token from the Auth Controller expires (0: none held)",
+                      registry=self.registry)
+        gauge.set_function(seconds)
 
     def set_build_info(self, quic_engine):
         """``mc_build_info``: ``quic_engine`` is the engine's distribution

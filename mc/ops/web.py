@@ -29,10 +29,12 @@ LIVENESS_LAG_LIMIT = 10.0
 STATUSES = (HEALTHY, DEGRADED, UNHEALTHY, DRAINING)
 
 
-def not_ready_reason(health, tokens=None, webtransport=None):
+def not_ready_reason(health, tokens=None, webtransport=None, identity=None):
     """Why this MC cannot serve what is routed to it now, or None when it
-    can. Without a JWKS no participant can join; without its certificate
-    loaded the WebTransport port is not serving."""
+    can. Without a JWKS no participant can join; without a service token
+    (the Auth Controller's) the MC can neither register with the GC nor tell
+    the media handlers; without its certificate loaded the WebTransport port
+    is not serving."""
     if health.draining:
         return "draining"
     if not health.redis_up:
@@ -41,15 +43,17 @@ def not_ready_reason(health, tokens=None, webtransport=None):
         return "ownership unconfirmed"
     if tokens is not None and not tokens.ready:
         return "no JWKS"
+    if identity is not None and not identity.ready:
+        return "no service token"
     if webtransport is not None and not webtransport.running:
         return "no certificate"
     return None
 
 
-def readiness(health, liaison, tokens=None, webtransport=None):
+def readiness(health, liaison, tokens=None, webtransport=None, identity=None):
     """``/readyz``'s JSON body: ``ready``, the ``reason`` when not, and
     ``gc`` (``registered`` / ``unregistered``), a detail that never fails it."""
-    reason = not_ready_reason(health, tokens, webtransport)
+    reason = not_ready_reason(health, tokens, webtransport, identity)
     body = {"ready": reason is None}
     if reason is not None:
         body["reason"] = reason
@@ -126,9 +130,9 @@ class Liveness(_Endpoint):
 
 
 class Readiness(_Endpoint):
-    def __init__(self, health, liaison, tokens=None, webtransport=None):
+    def __init__(self, health, liaison, tokens=None, webtransport=None, identity=None):
         super().__init__()
-        self._args = (health, liaison, tokens, webtransport)
+        self._args = (health, liaison, tokens, webtransport, identity)
 
     def render_GET(self, request):
         body = readiness(*self._args)
@@ -166,19 +170,20 @@ class _QuietSite(Site):
 class HealthHttpService(Service):
     """Serves the probes and metrics on ``listen_address``; ``port`` is the
     bound port once started (useful when configured as 0). ``tokens`` (the
-    meeting-token verifier) and ``webtransport`` (the participants' service)
-    add their readiness and gauges when given."""
+    meeting-token verifier), ``webtransport`` (the participants' service) and
+    ``identity`` (the MC's service token) add their readiness and gauges
+    when given."""
 
     name = "http"
     log = Logger()
 
     def __init__(self, listen_address, health, registry, liaison, metrics, reactor,
-                 idle_timeout=30, tokens=None, webtransport=None):
+                 idle_timeout=30, tokens=None, webtransport=None, identity=None):
         self._address = listen_address
         self._reactor = reactor
         root = _Root()
         root.putChild(b"healthz", Liveness(health))
-        root.putChild(b"readyz", Readiness(health, liaison, tokens, webtransport))
+        root.putChild(b"readyz", Readiness(health, liaison, tokens, webtransport, identity))
         root.putChild(b"metrics", MetricsPage(metrics, health, registry, liaison, reactor, tokens,
                                               webtransport))
         self.site = _QuietSite(root, timeout=idle_timeout, reactor=reactor)

@@ -21,18 +21,16 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from twisted.application.service import Service
 from twisted.internet import threads
-from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
-from twisted.internet.protocol import Protocol
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
-from twisted.web.client import Agent, ResponseDone
-from twisted.web.http import PotentialDataLoss
+from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
 from mc.backoff import retry_policy
 from mc.errors import InvalidToken, NoJwks
-from mc.interfaces import ITokenVerifier
+from mc.httpbody import read_capped
+from mc.interfaces import IJwksKeys, ITokenVerifier
 
 MAX_TOKEN_BYTES = 8192
 MAX_JWKS_BYTES = 1 << 20
@@ -205,44 +203,22 @@ def read_header(token):
     return alg, kid
 
 
-class _CappedBody(Protocol):
-    """Collects a response body of at most ``max_bytes`` into ``finished``; a
-    bigger one (as declared or as it arrives) is cut off instead of growing
-    our memory. Cancelling ``finished`` drops the connection."""
-
-    def __init__(self, declared, max_bytes):
-        self.finished = Deferred(lambda _: self.transport.stopProducing())
-        self._declared = declared
-        self._max = max_bytes
-        self._chunks = []
-        self._size = 0
-
-    def connectionMade(self):
-        if self._declared is not UNKNOWN_LENGTH and self._declared > self._max:
-            self._too_large()
-
-    def dataReceived(self, data):
-        if self.finished.called:
-            return
-        self._size += len(data)
-        if self._size > self._max:
-            self._too_large()
-        else:
-            self._chunks.append(data)
-
-    def _too_large(self):
-        self.finished.errback(ValueError(f"JWKS larger than {self._max} bytes"))
-        self.transport.stopProducing()
-
-    def connectionLost(self, reason):
-        if self.finished.called:
-            return
-        # A body without a length ends with the connection (PotentialDataLoss);
-        # a cut JSON document cannot parse, so it is accepted here.
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.finished.callback(b"".join(self._chunks))
-        else:
-            self.finished.errback(reason)
+def verify_signature(token, alg, entry):
+    """The claims of ``token`` (of header ``alg``) once its signature checks
+    out with ``entry``, a key set's ``(alg, public key)`` (None: the kid is
+    unknown); InvalidToken otherwise. Pure: any thread."""
+    if entry is None:
+        raise InvalidToken("unknown kid")
+    key_alg, key = entry
+    if key_alg != alg:
+        raise InvalidToken("key type does not match alg")
+    try:
+        claims = jwt.decode(token, key, algorithms=[alg], options=_SIGNATURE_ONLY)
+    except jwt.InvalidSignatureError:
+        raise InvalidToken("bad signature") from None
+    except jwt.PyJWTError:
+        raise InvalidToken("malformed token") from None
+    return claims
 
 
 def thd_read_file(path, max_bytes):
@@ -275,15 +251,14 @@ class JwksFetcher:
         return d.addCallback(self._body)
 
     def _body(self, response):
-        body = _CappedBody(response.length, self._max)
-        response.deliverBody(body)
+        finished = read_capped(response, self._max, "JWKS")
         if response.code == 200:
-            return body.finished
+            return finished
 
         def refuse(_):
             raise ValueError(f"HTTP {response.code}")
 
-        return body.finished.addCallback(refuse)
+        return finished.addCallback(refuse)
 
 
 def _check_url(url):
@@ -299,7 +274,7 @@ def _check_url(url):
         raise ValueError("the JWKS URL must be file://, http:// or https://")
 
 
-@implementer(ITokenVerifier)
+@implementer(ITokenVerifier, IJwksKeys)
 class TokenVerifier(Service):
     """Verifies meeting tokens against the JWKS at ``jwks_url``.
 
@@ -308,20 +283,24 @@ class TokenVerifier(Service):
     the JWKS is refreshed every ``REFRESH_INTERVAL`` seconds, and a token with
     an unknown kid fetches it at once if the last fetch started at least
     ``REFETCH_SPACING`` seconds ago (verifies arriving meanwhile share it).
+    The same cache checks the service tokens of calls the MC receives
+    (``IJwksKeys``: ``mc.ac.service_tokens``).
 
     ``audience``: required ``aud`` (None: not checked). ``clock_skew``:
     seconds of tolerance on ``exp``, ``iat`` and ``nbf``; ``max_lifetime``:
     longest ``exp - iat`` accepted. ``reactor``: time source and,
     unless ``fetch`` (``url -> Deferred of bytes``) is given, the network and
     thread pool. ``on_refresh(outcome)``: called with ``"ok"`` or ``"error"``
-    after each fetch, for metrics.
+    after each fetch, for metrics. ``refetch_spacing``: least seconds
+    between two fetches asked by unknown kids.
     """
 
     name = "jwks"
     log = Logger()
 
     def __init__(self, jwks_url, audience, clock_skew, reactor, on_refresh=None, fetch=None,
-                 retry=None, max_lifetime=DEFAULT_MAX_LIFETIME):
+                 retry=None, max_lifetime=DEFAULT_MAX_LIFETIME, refetch_spacing=REFETCH_SPACING):
+        self._refetch_spacing = refetch_spacing
         _check_url(jwks_url)
         self._url = jwks_url
         self._log_url = redact_url(jwks_url)
@@ -440,7 +419,21 @@ class TokenVerifier(Service):
             return True
         return self.running and (
             self._last_fetch_at is None
-            or self._clock.seconds() - self._last_fetch_at >= REFETCH_SPACING)
+            or self._clock.seconds() - self._last_fetch_at >= self._refetch_spacing)
+
+    # --- the key set (IJwksKeys) ---------------------------------------------
+
+    def key(self, kid):
+        """``(alg, public key)`` of ``kid``, or None; safe from any thread
+        (a load replaces the whole mapping at once)."""
+        keys = self._keys
+        return None if keys is None else keys.get(kid)
+
+    def refetch(self):
+        """Fetch the JWKS again for an unknown kid, rate-limited; the
+        Deferred fires (never fails) once it is over, at once when no fetch
+        is allowed now."""
+        return self._refresh() if self._may_refetch() else succeed(None)
 
     # --- verifying ----------------------------------------------------------
 
@@ -451,23 +444,12 @@ class TokenVerifier(Service):
             alg, kid = read_header(token)
         except InvalidToken as e:
             return fail(e)
-        if kid in self._keys or not self._may_refetch():
+        if kid in self._keys:
             return maybeDeferred(self._check, token, alg, kid, meeting_id)
-        d = self._refresh()
+        d = self.refetch()
         return d.addCallback(lambda _: self._check(token, alg, kid, meeting_id))
 
     def _check(self, token, alg, kid, meeting_id):
-        entry = self._keys.get(kid)
-        if entry is None:
-            raise InvalidToken("unknown kid")
-        key_alg, key = entry
-        if key_alg != alg:
-            raise InvalidToken("key type does not match alg")
-        try:
-            claims = jwt.decode(token, key, algorithms=[alg], options=_SIGNATURE_ONLY)
-        except jwt.InvalidSignatureError:
-            raise InvalidToken("bad signature") from None
-        except jwt.PyJWTError:
-            raise InvalidToken("malformed token") from None
+        claims = verify_signature(token, alg, self.key(kid))
         return check_claims(claims, meeting_id, self._audience, self._clock.seconds(), self._skew,
                             self._max_lifetime)

@@ -35,7 +35,9 @@ def wait_for(predicate, timeout, interval=0.05, what="condition"):
 
 class McProcess:
     """One MC under twistd. ``env`` adds to a minimal environment that points
-    the MC at ``redis_url`` and ``gc_url`` on loopback with free ports."""
+    the MC at ``redis_url`` and ``gc_url`` on loopback with free ports.
+    ``service_token`` / ``gc_token`` None leave MC_SERVICE_TOKEN /
+    MC_GC_TOKENS unset (an MC whose identity comes from the Auth Controller)."""
 
     def __init__(self, workdir, gc_url, redis_url, service_token, gc_token, mc_id="mc-e2e-1",
                  env=None, daemonize=False, args=(), jwks_url=None, wt_path="/"):
@@ -60,8 +62,8 @@ class McProcess:
             "MC_ID": mc_id,
             "GC_GRPC_URL": gc_url,
             "REDIS_URL": redis_url,
-            "MC_SERVICE_TOKEN": service_token,
-            "MC_GC_TOKENS": gc_token,
+            **({"MC_SERVICE_TOKEN": service_token} if service_token is not None else {}),
+            **({"MC_GC_TOKENS": gc_token} if gc_token is not None else {}),
             "MC_GRPC_BIND_ADDRESS": f"127.0.0.1:{self.grpc_port}",
             "MC_WEBTRANSPORT_BIND_ADDRESS": f"127.0.0.1:{self.wt_port}",
             "MC_WEBTRANSPORT_ADVERTISE_URL": self.wt_url,

@@ -5,8 +5,17 @@ from collections import deque
 from twisted.internet import defer
 from zope.interface import implementer
 
+from mc.ac.service_tokens import ServiceTokenCheck
 from mc.errors import GcCallError, InvalidToken, MhCallError, NoJwks
-from mc.interfaces import IGcClient, IMhClient, ISessionTransport, ISystemProbe, ITokenVerifier
+from mc.gc.auth import TokenCheck
+from mc.interfaces import (
+    IGcClient,
+    IJwksKeys,
+    IMhClient,
+    ISessionTransport,
+    ISystemProbe,
+    ITokenVerifier,
+)
 from mc.participants.session_state import SessionLife, SessionState
 from mc.proto import gc_mc_pb2 as pb
 from mc.proto import media_pb2
@@ -26,6 +35,7 @@ class ScriptedGcClient:
 
     def __init__(self, clock=None):
         self.clock = clock
+        self.dialect = "v1"
         self.calls = []
         self.scripts = {m: deque() for m in self.METHODS}
         self.held = []
@@ -236,3 +246,20 @@ class ScriptedMhClient:
 
     def close(self):
         self.closed = True
+
+@implementer(IJwksKeys)
+class NoKeys:
+    """A key set that knows no key and never fetches one: only static
+    tokens can pass a check built on it."""
+
+    def key(self, kid):
+        return None
+
+    def refetch(self):
+        return defer.succeed(None)
+
+
+def static_token_check(tokens, reactor):
+    """The gRPC server's check accepting exactly the static GC ``tokens``
+    (Secrets) on MeetingControllerService, as an MC without JWTs would."""
+    return ServiceTokenCheck(NoKeys(), reactor, 5.0, static=TokenCheck(tokens))

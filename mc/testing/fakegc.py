@@ -2,7 +2,16 @@
 
 It enforces the wire contract's auth and validation rules the way the deployed
 GC does, records every request it answers, and can be scripted (rejections,
-NOT_FOUND, UNAVAILABLE, delays, restarts) from any thread. It also plays the
+NOT_FOUND, UNAVAILABLE, delays, restarts) from any thread.
+
+It speaks either dialect (``dialect``: ``legacy``, ``v1`` or ``both``) and
+can change it while it runs (``set_dialect``: a legacy GC upgraded to v1 on
+the same address, and back); a path of the dialect it does not speak gets
+UNIMPLEMENTED, as from a real GC. With ``ac`` (an ``AcDouble``) it checks
+the MC's service tokens as a v1 GC does (signature, expiry, scope
+``service.write.gc``, ``service_type`` ``meeting-controller``) beside any
+static ``tokens``, and its AssignMeetingWithMh calls carry a GC token from
+that AC. It also plays the
 GC's client side (``assign_meeting``) against an MC, and the GC's join flow
 (``FakeGc.join``): it places meetings on registered MCs the way the deployed
 GC does and hands out meeting tokens from its own ``TokenIssuer``, whose JWKS
@@ -27,7 +36,7 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf import json_format
 
-from mc.proto import gc_mc_legacy_pb2_grpc, gc_mc_pb2
+from mc.proto import gc_mc_legacy_pb2_grpc, gc_mc_pb2, gc_mc_pb2_grpc
 from mc.testing.issuer import TokenIssuer
 
 # The contract's rules, written out here rather than imported from mc.config
@@ -43,6 +52,12 @@ DEFAULT_COMPREHENSIVE_MS = 30000
 #: An MC whose last heartbeat is this old is silent: the GC no longer uses it.
 DEFAULT_STALE_AFTER = 30.0
 DEFAULT_MH_ASSIGNMENTS = (("mh-1", "https://mh-1.example:4433", ""),)
+
+LEGACY, V1, BOTH = "legacy", "v1", "both"
+_GRPC_MODULES = {LEGACY: gc_mc_legacy_pb2_grpc, V1: gc_mc_pb2_grpc}
+#: What a v1 GC requires of the MC's service token.
+GC_SCOPE = "service.write.gc"
+MC_SERVICE_TYPE = "meeting-controller"
 
 REGISTER = "RegisterMC"
 FAST = "FastHeartbeat"
@@ -72,11 +87,13 @@ class Recorded:
     wall: float
     status: str
     details: str = ""
+    #: ``v1`` or ``legacy``: the package of the path called.
+    dialect: str = LEGACY
 
     def __repr__(self):
         # The metadata holds the bearer token, so it is left out.
         return (
-            f"Recorded({self.method}, status={self.status}, "
+            f"Recorded({self.method}, {self.dialect}, status={self.status}, "
             f"request={json_format.MessageToDict(self.request, preserving_proto_field_name=True)})"
         )
 
@@ -151,30 +168,43 @@ def _status_code(code):
     return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode[code]
 
 
-class _Servicer(gc_mc_legacy_pb2_grpc.GlobalControllerServiceServicer):
-    """One server generation's servicer; ``stopping`` cuts its delays short."""
+def _servicer(dialect):
+    """The servicer class of one dialect's GlobalControllerService."""
 
-    def __init__(self, fake, stopping):
-        self._fake = fake
-        self._stopping = stopping
+    class Servicer(_GRPC_MODULES[dialect].GlobalControllerServiceServicer):
+        """One server generation's servicer; ``stopping`` cuts its delays short."""
 
-    def RegisterMC(self, request, context):
-        return self._fake._thd_answer(REGISTER, request, context, self._stopping)
+        def __init__(self, fake, stopping):
+            self._fake = fake
+            self._stopping = stopping
 
-    def FastHeartbeat(self, request, context):
-        return self._fake._thd_answer(FAST, request, context, self._stopping)
+        def RegisterMC(self, request, context):
+            return self._fake._thd_answer(REGISTER, request, context, self._stopping, dialect)
 
-    def ComprehensiveHeartbeat(self, request, context):
-        return self._fake._thd_answer(COMPREHENSIVE, request, context, self._stopping)
+        def FastHeartbeat(self, request, context):
+            return self._fake._thd_answer(FAST, request, context, self._stopping, dialect)
 
-    def NotifyMeetingEnded(self, request, context):
-        return self._fake._thd_answer(NOTIFY_ENDED, request, context, self._stopping)
+        def ComprehensiveHeartbeat(self, request, context):
+            return self._fake._thd_answer(COMPREHENSIVE, request, context, self._stopping,
+                                          dialect)
+
+        def NotifyMeetingEnded(self, request, context):
+            return self._fake._thd_answer(NOTIFY_ENDED, request, context, self._stopping,
+                                          dialect)
+
+    return Servicer
+
+
+_SERVICERS = {dialect: _servicer(dialect) for dialect in _GRPC_MODULES}
 
 
 class FakeGc:
     """A scriptable GC on ``host:port`` (port 0 picks one, kept across restarts).
 
-    ``tokens``: the bearer tokens it accepts (a str or an iterable of str).
+    ``tokens``: the static bearer tokens it accepts (a str or an iterable of
+    str; may be empty with ``ac``). ``ac``: an AcDouble whose service tokens
+    it accepts as a v1 GC does, and mints its own from. ``dialect``: the
+    packages it serves (``legacy``, ``v1`` or ``both``; ``set_dialect``).
     ``tls``: ``(cert_pem, key_pem)`` bytes to serve TLS (then ``url`` is https://).
     ``on_request``: called with each ``Recorded`` from a grpc thread.
     ``mc_token``: the bearer token sent with AssignMeetingWithMh (None: no header).
@@ -189,9 +219,12 @@ class FakeGc:
 
     def __init__(self, tokens, host="127.0.0.1", port=0, tls=None, max_workers=16,
                  on_request=None, mc_token=None, issuer=None, stale_after=DEFAULT_STALE_AFTER,
-                 assign_timeout=5.0, placeable=(gc_mc_pb2.HEALTHY,)):
+                 assign_timeout=5.0, placeable=(gc_mc_pb2.HEALTHY,), ac=None, dialect=LEGACY):
         tokens = (tokens,) if isinstance(tokens, str) else tuple(tokens)
         self._tokens = tuple(t.encode() for t in tokens)
+        self.ac = ac
+        self._dialect = self._check_dialect(dialect)
+        self._unserved = {LEGACY: 0, V1: 0}
         self.host = host
         self.port = port
         self._tls = tls
@@ -248,8 +281,9 @@ class FakeGc:
             stopping = threading.Event()
             executor = ThreadPoolExecutor(self._max_workers, thread_name_prefix="fakegc")
             server = grpc.server(executor, options=SERVER_OPTIONS)
-            gc_mc_legacy_pb2_grpc.add_GlobalControllerServiceServicer_to_server(
-                _Servicer(self, stopping), server)
+            for dialect, module in _GRPC_MODULES.items():
+                module.add_GlobalControllerServiceServicer_to_server(
+                    _SERVICERS[dialect](self, stopping), server)
             address = f"{self.host}:{self.port}"
             try:
                 if self._tls:
@@ -335,6 +369,24 @@ class FakeGc:
         with self._lock:
             self._intervals = (int(fast_ms), int(comprehensive_ms))
 
+    @staticmethod
+    def _check_dialect(dialect):
+        if dialect not in (LEGACY, V1, BOTH):
+            raise ValueError(f"dialect must be legacy, v1 or both, not {dialect!r}")
+        return dialect
+
+    @property
+    def dialect(self):
+        with self._lock:
+            return self._dialect
+
+    def set_dialect(self, dialect):
+        """Serve ``dialect`` from now on (``legacy``, ``v1`` or ``both``), on
+        the same address: an upgrade (or a rollback) of the GC under a
+        running MC; the other dialect's paths answer UNIMPLEMENTED."""
+        with self._lock:
+            self._dialect = self._check_dialect(dialect)
+
     def set_mc_token(self, token):
         """The bearer token later AssignMeetingWithMh calls send (None: none)."""
         with self._lock:
@@ -363,10 +415,14 @@ class FakeGc:
                 else:
                     candidates = self._thd_candidates(now, exclude=current)
                     token = self._mc_token
+                    if token is None and self.ac is not None:
+                        token = self.ac.mint("global-controller")
+                    dialect = LEGACY if self._dialect == LEGACY else V1
             if reuse:
                 mc_id, assigned = current, False
             else:
-                (mc_id, endpoint), assigned = self._place(meeting_id, candidates, mh, token), True
+                (mc_id, endpoint), assigned = self._place(
+                    meeting_id, candidates, mh, token, dialect), True
         return Join(meeting_id, mc_id, endpoint, self.issuer.mint(meeting_id, sub, **claims),
                     assigned)
 
@@ -406,14 +462,14 @@ class FakeGc:
                 eligible.append((heard.current_meetings / heard.max_meetings, mc_id, registration))
         return [registration for _, _, registration in sorted(eligible, key=lambda e: e[:2])]
 
-    def _place(self, meeting_id, candidates, mh, token):
-        """Ask ``candidates`` in turn; the first that accepts holds the meeting.
-        Returns its ``(mc_id, webtransport_endpoint)``."""
+    def _place(self, meeting_id, candidates, mh, token, dialect):
+        """Ask ``candidates`` in turn (in ``dialect``); the first that accepts
+        holds the meeting. Returns its ``(mc_id, webtransport_endpoint)``."""
         tried = {}
         for registration in candidates:
             try:
                 response = assign_meeting(registration.grpc_endpoint, meeting_id, mh, token,
-                                          timeout=self.assign_timeout)
+                                          timeout=self.assign_timeout, dialect=dialect)
             except grpc.RpcError as e:
                 tried[registration.id] = e.code().name
                 continue
@@ -425,6 +481,12 @@ class FakeGc:
         raise NoMcAvailable(meeting_id, tried)
 
     # -- observing -------------------------------------------------------
+
+    def unserved(self, dialect):
+        """Calls on ``dialect``'s paths answered UNIMPLEMENTED (while the fake
+        spoke the other one); they are not among ``requests``."""
+        with self._lock:
+            return self._unserved[dialect]
 
     def registered(self):
         """The last accepted RegisterMCRequest per MC id the fake knows."""
@@ -474,24 +536,32 @@ class FakeGc:
     # -- serving (grpc threads) --------------------------------------------
 
     def _thd_authorized(self, metadata):
+        """``ok``, or the refusal (``unauthenticated``, ``permission_denied``)."""
         value = metadata.get("authorization")
         if not isinstance(value, str) or not value.startswith(BEARER):
-            return False
+            return "unauthenticated"
         token = value[len(BEARER):].encode()
         if not token or len(token) > MAX_TOKEN_BYTES:
-            return False
+            return "unauthenticated"
         ok = False
         for t in self._tokens:
             ok |= hmac.compare_digest(token, t)
-        return ok
+        if ok:
+            return "ok"
+        if self.ac is None:
+            return "unauthenticated"
+        return self.ac.check(value, GC_SCOPE, MC_SERVICE_TYPE)
 
-    def _thd_decide(self, method, request, metadata):
+    def _thd_decide(self, method, request, metadata, dialect):
         """The answer the GC would give; raises _Reject for an error status.
         Called with the lock held."""
         if self._unavailable:
             raise _Reject(grpc.StatusCode.UNAVAILABLE, "FakeGc is unavailable")
-        if not self._thd_authorized(metadata):
-            raise _Reject(grpc.StatusCode.UNAUTHENTICATED, "invalid or missing bearer token")
+        auth = self._thd_authorized(metadata)
+        if auth == "unauthenticated":
+            raise _Reject(grpc.StatusCode.UNAUTHENTICATED, "Invalid token")
+        if auth != "ok":
+            raise _Reject(grpc.StatusCode.PERMISSION_DENIED, "Access denied")
         if method == REGISTER:
             _check_id("id", request.id)
             _check_region(request.region)
@@ -527,17 +597,25 @@ class FakeGc:
         self._placements.pop(request.meeting_id, None)
         return gc_mc_pb2.NotifyMeetingEndedResponse(acknowledged=True)
 
-    def _thd_answer(self, method, request, context, stopping):
+    def _thd_answer(self, method, request, context, stopping, dialect):
         arrived_monotonic, arrived_wall = time.monotonic(), time.time()
         metadata = dict(context.invocation_metadata())
         with self._lock:
+            served = self._dialect in (dialect, BOTH)
+            if not served:
+                # As a GC of the other dialect: the path is unknown, nothing recorded.
+                self._unserved[dialect] += 1
+        if not served:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        with self._lock:
             try:
-                response, reject = self._thd_decide(method, request, metadata), None
+                response, reject = self._thd_decide(method, request, metadata, dialect), None
             except _Reject as e:
                 response, reject = None, e
             record = Recorded(
                 method, request, metadata, arrived_monotonic, arrived_wall,
-                reject.code.name if reject else "OK", reject.details if reject else "")
+                reject.code.name if reject else "OK", reject.details if reject else "",
+                dialect)
             self._records.append(record)
             self._changed.notify_all()
             delay = self._delay
@@ -552,7 +630,7 @@ class FakeGc:
 
 def assign_meeting(mc_target, meeting_id, mh_assignments, token, gc_id="fake-gc", timeout=10,
                    authorization=None, root_certificates=None, private_key=None,
-                   certificate_chain=None):
+                   certificate_chain=None, dialect=LEGACY, metadata=()):
     """Call AssignMeetingWithMh on an MC as the GC would; blocking.
 
     ``mc_target``: ``host:port`` or an http(s):// URL (https uses
@@ -562,7 +640,9 @@ def assign_meeting(mc_target, meeting_id, mh_assignments, token, gc_id="fake-gc"
     ``(mh_id, webtransport_endpoint, grpc_endpoint)`` tuples or dicts of
     MhAssignment fields. ``authorization`` overrides the raw header
     value (to send a malformed one); with ``token=None`` and no override no
-    header is sent. Returns the response or raises ``grpc.RpcError``.
+    header is sent. ``dialect``: the package of the path called (``legacy``
+    or ``v1``); ``metadata``: more headers (a ``traceparent``). Returns the
+    response or raises ``grpc.RpcError``.
     """
     assignments = []
     for a in mh_assignments:
@@ -576,7 +656,8 @@ def assign_meeting(mc_target, meeting_id, mh_assignments, token, gc_id="fake-gc"
         meeting_id=meeting_id, mh_assignments=assignments, requesting_gc_id=gc_id)
     if authorization is None and token is not None:
         authorization = BEARER + token
-    metadata = (("authorization", authorization),) if authorization is not None else ()
+    metadata = tuple(metadata) + (
+        (("authorization", authorization),) if authorization is not None else ())
 
     secure = mc_target.startswith("https://")
     target = mc_target.split("://", 1)[1].rstrip("/") if "://" in mc_target else mc_target
@@ -586,7 +667,7 @@ def assign_meeting(mc_target, meeting_id, mh_assignments, token, gc_id="fake-gc"
     else:
         channel = grpc.insecure_channel(target)
     with channel:
-        stub = gc_mc_legacy_pb2_grpc.MeetingControllerServiceStub(channel)
+        stub = _GRPC_MODULES[dialect].MeetingControllerServiceStub(channel)
         return stub.AssignMeetingWithMh(request, timeout=timeout, metadata=metadata)
 
 

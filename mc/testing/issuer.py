@@ -170,11 +170,17 @@ class TokenIssuer:
         anything else signs with the key's own algorithm (so ``{"alg":
         "ES256"}`` on an EdDSA key makes a mismatch).
         """
-        key = self.current if key is None else key
         claims = self.claims(meeting_id, sub)
         claims.update(overrides)
         for name in drop:
             claims.pop(name, None)
+        return self.sign(claims, key=key, header=header)
+
+    def sign(self, claims, key=None, header=None):
+        """``claims`` as a compact JWS: ``key`` and ``header`` as ``mint``
+        takes them (so any claims, a service token's too, can be signed
+        well or badly)."""
+        key = self.current if key is None else key
         base_kid = self.current.kid if isinstance(key, bytes) else key.kid
         base_alg = "HS256" if isinstance(key, bytes) else key.alg
         fields = {"alg": base_alg, "kid": base_kid, "typ": "JWT", **(header or {})}
