@@ -292,15 +292,15 @@ class TokenVerifier(Service):
     unless ``fetch`` (``url -> Deferred of bytes``) is given, the network and
     thread pool. ``on_refresh(outcome)``: called with ``"ok"`` or ``"error"``
     after each fetch, for metrics. ``refetch_spacing``: least seconds
-    between two fetches asked by unknown kids.
+    between two fetches asked by unknown kids (default ``REFETCH_SPACING``).
     """
 
     name = "jwks"
     log = Logger()
 
     def __init__(self, jwks_url, audience, clock_skew, reactor, on_refresh=None, fetch=None,
-                 retry=None, max_lifetime=DEFAULT_MAX_LIFETIME, refetch_spacing=REFETCH_SPACING):
-        self._refetch_spacing = refetch_spacing
+                 retry=None, max_lifetime=DEFAULT_MAX_LIFETIME, refetch_spacing=None):
+        self._refetch_spacing = REFETCH_SPACING if refetch_spacing is None else refetch_spacing
         _check_url(jwks_url)
         self._url = jwks_url
         self._log_url = redact_url(jwks_url)
