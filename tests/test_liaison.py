@@ -4,11 +4,13 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from mc.backoff import CAPPED_ATTEMPT, MAX_DELAY, retry_policy
 from mc.gc.liaison import GcLiaison
-from mc.interfaces import IGcClient
+from mc.gc.registration import BACKING_OFF, REGISTERED, REGISTERING, WAITING_FOR_TOKEN
+from mc.interfaces import IGcClient, IServiceIdentity
 from mc.meetings import MeetingRegistry
 from mc.ops.health import DRAINING, Health
 from mc.ops.metrics import Metrics
@@ -17,8 +19,34 @@ from mc.testing.doubles import ScriptedGcClient, gc_error
 from tests.configs import make_config
 
 
+@implementer(IServiceIdentity)
+class LateIdentity:
+    """A service identity whose token comes when the test says so."""
+
+    def __init__(self):
+        self.ready = False
+        self._waiters = []
+
+    def metadata(self):
+        return (("authorization", "Bearer t"),) if self.ready else None
+
+    def when_ready(self):
+        d = defer.Deferred(self._waiters.remove)
+        self._waiters.append(d)
+        return d
+
+    def expiry_seconds(self):
+        return 60.0 if self.ready else 0.0
+
+    def arrive(self):
+        self.ready = True
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+
 class Rig:
-    def __init__(self, rng=lambda: 0.0, **cfg):
+    def __init__(self, rng=lambda: 0.0, identity=None, **cfg):
         self.clock = Clock()
         self.config = make_config(**cfg)
         self.client = ScriptedGcClient(self.clock)
@@ -29,7 +57,7 @@ class Rig:
         self.health = Health(lambda: self.redis_up, self.config.lag_threshold)
         self.metrics = Metrics()
         self.liaison = GcLiaison(self.config, self.client, self.registry, self.health,
-                                 self.clock, self.metrics, rng=rng)
+                                 self.clock, self.metrics, rng=rng, identity=identity)
 
     def advance(self, seconds):
         """Advance to each due call in turn, exactly, then to the end."""
@@ -306,3 +334,43 @@ def test_draining_heartbeat_replaces_a_rate_limited_nudge(rig):
 def test_capped_attempt_is_the_first_at_the_cap():
     nominal = retry_policy(rng=lambda: 0.0)
     assert nominal(CAPPED_ATTEMPT) == MAX_DELAY > nominal(CAPPED_ATTEMPT - 1)
+
+
+def test_registration_waits_for_a_service_token_then_registers():
+    identity = LateIdentity()
+    verifyObject(IServiceIdentity, identity)
+    rig = Rig(identity=identity)
+    rig.liaison.startService()
+    rig.advance(120)
+    assert rig.client.calls == []
+    assert rig.liaison.registration_state == WAITING_FOR_TOKEN and not rig.liaison.registered
+    identity.arrive()
+    assert rig.liaison.registration_state == REGISTERED
+    assert len(rig.client.requests("register")) == 1
+    rig.advance(10)
+    assert rig.client.requests("fast_heartbeat")
+    rig.liaison.stopService()
+
+
+def test_stopping_while_waiting_for_a_token_leaves_nothing_behind():
+    identity = LateIdentity()
+    rig = Rig(identity=identity)
+    rig.liaison.startService()
+    rig.liaison.stopService()
+    assert identity._waiters == [] and rig.clock.getDelayedCalls() == []
+    identity.arrive()
+    assert rig.client.calls == []
+
+
+def test_registration_states_through_a_failure_and_a_forgetting(rig):
+    rig.client.script("register", "hold")
+    rig.liaison.startService()
+    assert rig.liaison.registration_state == REGISTERING
+    rig.client.held[0][1].errback(unavailable())
+    assert rig.liaison.registration_state == BACKING_OFF
+    rig.advance(1)
+    assert rig.liaison.registration_state == REGISTERED
+    rig.client.script("fast_heartbeat", gc_error("FastHeartbeat", "NOT_FOUND"))
+    rig.advance(10)
+    assert len(rig.client.requests("register")) == 3
+    assert rig.liaison.registration_state == REGISTERED
