@@ -2,9 +2,9 @@
 would write it: a grpcio thread-pool server and redis-py, each worker doing the
 whole call itself.
 
-It does the MC's work for a call: the same bearer-token check and request
-validation (mc.gc.grpcserver's thd_authorized and thd_valid_assignments, which
-the MC's workers run too), the same capacity check
+It does the MC's work for a call: the same static bearer-token check and
+request validation (mc.gc.grpcserver's authorizations with the TokenCheck, and
+thd_valid_assignments, which the MC's workers run too), the same capacity check
 (mc.meetings.MeetingRegistry, under a lock), the same Lua fencing the plain
 way, as issue 6 describes it: claim (the CLAIM script), then the fenced writes
 of the MH assignment and of the state hash (WRITE_ASSIGNMENT, WRITE_STATE),
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mc.assignment import assignment_record  # noqa: E402
 from mc.config import Secret  # noqa: E402
 from mc.gc.auth import TokenCheck  # noqa: E402
-from mc.gc.grpcserver import thd_authorized, thd_valid_assignments  # noqa: E402
+from mc.gc.grpcserver import authorizations, thd_valid_assignments  # noqa: E402
 from mc.meetings import AtCapacity, MeetingRegistry  # noqa: E402
 from mc.proto import gc_mc_pb2 as pb  # noqa: E402
 from mc.proto import gc_mc_pb2_grpc  # noqa: E402
@@ -81,8 +81,9 @@ class Baseline(gc_mc_pb2_grpc.MeetingControllerServiceServicer):
                                          _Clock())
 
     def AssignMeetingWithMh(self, request, context):
-        if not thd_authorized(context, self._tokens):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+        values = authorizations(context.invocation_metadata())
+        if len(values) != 1 or not self._tokens.check(values[0]):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "Invalid token")
         mh = thd_valid_assignments(request, context, MAX_MESSAGE_BYTES)
         meeting_id = request.meeting_id
         with self._lock:
