@@ -91,8 +91,9 @@ def rig():
 def test_renewal_is_well_before_expiry():
     assert renewal_delay(20) == 10
     assert renewal_delay(599) <= 0.8 * 599
-    assert renewal_delay(600) == 270  # 330 s before expiry
-    assert renewal_delay(3600) == 0.8 * 3600  # never later than at 80 % of the life
+    assert renewal_delay(600) == 300
+    assert renewal_delay(3600) == 2700  # 15 minutes before expiry
+    assert renewal_delay(86400) == pytest.approx(0.8 * 86400)  # never later than at 80 %
 
 
 def test_static_identity_is_always_ready_and_rotates():

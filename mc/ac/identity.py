@@ -35,14 +35,15 @@ MAX_RESPONSE_BYTES = 64 * 1024
 CONNECT_TIMEOUT = 5.0
 #: The whole request, connect to last byte.
 REQUEST_TIMEOUT = 10.0
-#: Tokens living less than this are renewed at ``SHORT_RENEW_SHARE`` of their
-#: life; longer ones ``RENEW_BEFORE`` seconds before they expire (the
-#: platform's 300 s plus 30 s for clock drift), but never later than at
-#: ``LONG_RENEW_SHARE`` of their life.
-SHORT_LIFE = 600.0
+#: A token is renewed ``RENEW_BEFORE`` seconds before it expires (the
+#: McServiceTokenExpiring alert pages at 10 minutes left, so renewal failing
+#: for 5 minutes shows before it matters), but a short one at the latest at
+#: ``SHORT_RENEW_SHARE`` of its life and any one at the latest at
+#: ``LATEST_RENEW_SHARE`` of it: a 20 s token at 10 s, a 1 h one at 45 min,
+#: a day-long one at 80 %.
+RENEW_BEFORE = 900.0
 SHORT_RENEW_SHARE = 0.5
-LONG_RENEW_SHARE = 0.8
-RENEW_BEFORE = 330.0
+LATEST_RENEW_SHARE = 0.8
 #: A token this close to its expiry is not sent any more: it could expire
 #: on the way.
 SEND_MARGIN = 1.0
@@ -66,9 +67,8 @@ class TokenRequestFailed(Exception):
 
 def renewal_delay(life):
     """Seconds after its issue that a token living ``life`` seconds is renewed."""
-    if life < SHORT_LIFE:
-        return life * SHORT_RENEW_SHARE
-    return min(life * LONG_RENEW_SHARE, life - RENEW_BEFORE)
+    left = max(life * (1 - LATEST_RENEW_SHARE), min(RENEW_BEFORE, life * SHORT_RENEW_SHARE))
+    return life - left
 
 
 def _positive_number(value):
