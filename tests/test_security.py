@@ -289,7 +289,7 @@ async def test_tls_redis_is_verified_and_a_wrong_password_refused(tls_redis, tls
                                                                   pki, events):
     unknown = await tls_store(acl_url(tls_redis), ca=pki["other"].cert_path, connect=False)
     wrong = await tls_store(acl_url(tls_redis, password="not-the-password"), connect=False)
-    await wait_until(lambda: any("refused the connection setup" in m for m in logged(events)),
+    await wait_until(lambda: any("set-up failed" in m for m in logged(events)),
                      timeout=10, what="the refusal of a wrong password")
     await deferLater(reactor, 1.0, lambda: None)  # time enough to connect, were it allowed
     assert not unknown.connected and not wrong.connected
