@@ -165,3 +165,69 @@ def test_help_documents_every_option():
         assert f"--{s.flag}" in text and s.env in text
     for flag in ("--service-token-file", "--gc-tokens-file", "--insecure-no-auth"):
         assert flag in text
+
+
+AC_ENV = {"AC_ENDPOINT": "https://ac.example:8443", "MC_CLIENT_ID": "mc-client-1",
+          "MC_CLIENT_SECRET": "client-s3cret", **P}
+
+
+def ac_config(**env):
+    o = Options(environ={**AC_ENV, **env})
+    o.parseOptions([])
+    return o.config
+
+
+def test_the_platform_settings_need_no_static_token():
+    c = ac_config()
+    assert c.service_identity_from_ac and c.service_token is None and c.gc_tokens == ()
+    assert (c.ac_endpoint, c.client_id, c.client_secret.reveal()) == (
+        "https://ac.example:8443", "mc-client-1", "client-s3cret")
+    assert c.gc_api == "auto"
+    assert "client-s3cret" not in repr(c) and "client-s3cret" not in str(c.describe())
+    both = ac_config(MC_GC_TOKENS="gc-one")  # a fleet moving off static GC tokens
+    assert [t.reveal() for t in both.gc_tokens] == ["gc-one"]
+
+
+def test_the_client_secret_file_is_read_again_on_reload(tmp_path):
+    secret = tmp_path / "client-secret"
+    secret.write_text("first\n")
+    env = {k: v for k, v in AC_ENV.items() if k != "MC_CLIENT_SECRET"}
+    o = Options(environ={**env, "MC_CLIENT_SECRET_FILE": str(secret)})
+    o.parseOptions([])
+    c = o.config
+    (source,) = c.secret_files
+    assert (source.name, source.option) == ("client_secret", "MC_CLIENT_SECRET_FILE")
+    secret.write_text("second")
+    assert source.read().reveal() == "second"
+    secret.write_text("has a space")
+    with pytest.raises(ConfigError, match="MC_CLIENT_SECRET_FILE: must be"):
+        source.read()
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"MC_CLIENT_ID": ""}, "MC_CLIENT_ID / --client-id: is required with AC_ENDPOINT"),
+    ({"MC_CLIENT_ID": "has space"}, "MC_CLIENT_ID / --client-id: is required with AC_ENDPOINT"),
+    ({"MC_CLIENT_SECRET": ""}, "MC_CLIENT_SECRET: must be 1-1024"),
+    ({"MC_CLIENT_SECRET": "x" * 1025}, "MC_CLIENT_SECRET: must be 1-1024"),
+    ({"MC_SERVICE_TOKEN": "static"}, "MC_SERVICE_TOKEN: contradicts AC_ENDPOINT"),
+    ({"AC_ENDPOINT": "ftp://ac.example"}, "AC_ENDPOINT: 'ftp://ac.example' must start"),
+    ({"AC_ENDPOINT": "", "MC_SERVICE_TOKEN": "s", "MC_GC_TOKENS": "g"},
+     "MC_CLIENT_ID / --client-id: is only used with AC_ENDPOINT"),
+    ({"MC_GC_API": "v2"}, "MC_GC_API: 'v2' is not one of auto, v1, legacy"),
+])
+def test_bad_platform_settings_name_the_option(env, message):
+    with pytest.raises(usage.UsageError) as e:
+        ac_config(**env)
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_a_client_secret_without_the_ac_is_refused():
+    with pytest.raises(usage.UsageError, match="MC_CLIENT_SECRET.*only used with AC_ENDPOINT"):
+        parse(MC_CLIENT_SECRET="orphan")
+
+
+def test_the_client_secret_is_required_with_the_ac():
+    env = {k: v for k, v in AC_ENV.items() if k != "MC_CLIENT_SECRET"}
+    with pytest.raises(usage.UsageError, match=r"MC_CLIENT_SECRET \(or MC_CLIENT_SECRET_FILE "
+                                               r"/ --client-secret-file\): is required with"):
+        Options(environ=env).parseOptions([])

@@ -7,6 +7,8 @@ AC down at start; a token living 20 s renewed without a gap for over a
 minute while the AC fails for 8 s."""
 
 import json
+import os
+import signal
 import time
 
 import grpc
@@ -170,3 +172,21 @@ def test_a_20s_token_is_renewed_without_a_gap_while_the_ac_fails_for_8s(
     assert len(ac.issued()) >= 5
     assert metric_line(mc, 'mc_service_token_refresh_total{outcome="error"}')
     assert mc.alive()
+
+
+@pytest.mark.parametrize("told_by", ["SIGHUP", "the file watcher"])
+def test_a_client_secret_rotated_in_its_file_is_used_at_once(platform_mc, ac, told_by):
+    ac.lifetime = 6
+    mc = platform_mc(env={"MC_FILE_WATCH": "off" if told_by == "SIGHUP" else "poll"})
+    wait_for(mc.ready, 30, what="registered")
+    ac.set_secret(CLIENT_ID, "rotated-at-the-ac")
+    wait_for(lambda: metric_line(mc, 'mc_service_token_refresh_total{outcome="rejected"}'), 15,
+             what="the old secret refused")
+    issued = len(ac.issued())
+    with open(os.path.join(mc.workdir, "client-secret"), "w") as f:
+        f.write("rotated-at-the-ac\n")
+    if told_by == "SIGHUP":
+        mc.signal(signal.SIGHUP)
+    wait_for(lambda: len(ac.issued()) > issued, 10, what="a token for the new secret")
+    assert mc.alive() and readyz(mc)[0] == 200
+    assert "rotated-at-the-ac" not in mc.log()
