@@ -18,6 +18,7 @@ from mc.joining import JoinService
 from mc.meetings import MeetingRegistry
 from mc.ops.health import Health
 from mc.ops.metrics import Metrics
+from mc.participants.session_state import InvalidMove, SessionLife, SessionState
 from mc.participants.signaling import (
     MAX_FRAME_BYTES,
     FrameDecoder,
@@ -649,3 +650,28 @@ def test_a_large_roster_is_completed_by_participant_joined_frames():
     assert 0 < len(response.existing_participants) < 300
     assert [p.name for p in response.existing_participants] + tail == names
     assert all(m.HasField("participant_joined") for m in msgs[1:])
+
+
+# --- the one state ----------------------------------------------------------------
+
+def test_a_session_moves_only_as_the_table_says():
+    life = SessionLife()
+    assert life.state is SessionState.CONNECT and life.live
+    with pytest.raises(InvalidMove):
+        life.move(SessionState.JOINED)  # no join without its token check
+    for state in (SessionState.AWAITING_JOIN, SessionState.JOINING, SessionState.JOINED,
+                  SessionState.CLOSING):
+        life.move(state)
+    assert not life.live
+    life.move(SessionState.CLOSED)
+    for state in SessionState:
+        with pytest.raises(InvalidMove):
+            life.move(state)  # closed is the end
+
+
+def test_signalling_keeps_no_state_of_its_own():
+    rig = Rig()
+    s, t = rig.join("Ann")
+    assert s.state is t.state is SessionState.JOINED
+    t.abort()
+    assert s.state is SessionState.CLOSED and s.closed

@@ -31,6 +31,7 @@ from mc.participants.engine import (
     pull_quic_header,
 )
 from mc.participants.quic import QuicEndpoint
+from mc.participants.session_state import SessionState
 from mc.participants.webtransport import (
     UDP_RECEIVE_BUFFER,
     WebTransportConnection,
@@ -703,19 +704,25 @@ def test_a_joined_session_keeps_the_connection_until_it_ends(cert):
     q.connect()
     for _ in range(5):
         q.turn()
+    (link,) = q.endpoint.connections
+    assert link.app.state is SessionState.CLOSED  # HTTP/3 up, no session
     q.open_session()
     (handler,) = q.handlers
     session = handler.transport
+    assert link.app.state is SessionState.CONNECT
     stream_id = q.h3.create_webtransport_stream(session.connect_id)
     q.client.send_stream_data(stream_id, b"join")
     q.turn()
+    assert link.app.state is SessionState.AWAITING_JOIN
     session.joining()
     session.joined()
+    assert link.app.state is SessionState.JOINED
     assert session.join_within is None and q.endpoint.pending == set()
     q.clock.advance(25)  # past 10 s: joined, so it stays (the client keeps it alive)
     q.turn()
     assert len(q.endpoint.connections) == 1
     session.finish()
+    assert link.app.state is SessionState.CLOSING and session.state is SessionState.CLOSING
     assert len(q.endpoint.pending) == 1, "pending again once its session ended"
     for _ in range(3):
         q.turn()

@@ -13,7 +13,8 @@ from enum import Enum
 
 
 class SessionState(Enum):
-    #: The QUIC handshake of the connection; no CONNECT yet.
+    #: The QUIC handshake of the connection, before HTTP/3: a connection's
+    #: state before it has a session (``WebTransportConnection.state``).
     HANDSHAKE = "handshake"
     #: CONNECT answered 200; the client has not opened its stream.
     CONNECT = "connect"
@@ -29,8 +30,8 @@ class SessionState(Enum):
     CLOSED = "closed"
 
 
+#: Each session starts at CONNECT (``SessionLife()``).
 _MOVES = {
-    SessionState.HANDSHAKE: {SessionState.CONNECT, SessionState.CLOSED},
     SessionState.CONNECT: {SessionState.AWAITING_JOIN, SessionState.CLOSING,
                            SessionState.CLOSED},
     SessionState.AWAITING_JOIN: {SessionState.JOINING, SessionState.CLOSING,

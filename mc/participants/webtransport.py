@@ -274,11 +274,14 @@ class WebTransportConnection:
     @property
     def state(self):
         """Where the connection is: HANDSHAKE until HTTP/3 starts, then the
-        state of its live session (CLOSED when it has none)."""
+        state of its live session, else CLOSING while a session it finished
+        lingers, else CLOSED (no session)."""
         if self.h3 is None and not self.sessions:
             return SessionState.HANDSHAKE
         live = self._live_session()
-        return SessionState.CLOSED if live is None else live.state
+        if live is not None:
+            return live.state
+        return SessionState.CLOSING if self.closing else SessionState.CLOSED
 
     @property
     def closing(self):
