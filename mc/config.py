@@ -370,6 +370,9 @@ SETTINGS = (
             "This MC's client id at the Auth Controller (with AC_ENDPOINT)"),
     Setting("gc_ca_file", "MC_GC_CA_FILE", "gc-ca-file", None, None,
             "CA bundle (PEM) to verify the GC's TLS certificate [default: system roots]"),
+    Setting("mh_ca_file", "MC_MH_CA_FILE", "mh-ca-file", None, None,
+            "CA bundle (PEM) to verify https:// media handlers' gRPC certificates "
+            "[default: system roots]"),
     Setting("redis_url", "REDIS_URL", "redis-url", "redis://127.0.0.1:6379/0", parse_redis_url,
             "The fleet's Redis; a password may be given in the URL; rediss:// means TLS"),
     Setting("redis_ca", "MC_REDIS_CA_PATH", "redis-ca", None, None,
@@ -510,6 +513,7 @@ class Config:
     ac_endpoint: str
     client_id: str
     gc_ca_file: str
+    mh_ca_file: str
     redis: RedisTarget
     grpc_listen: Address
     grpc_advertise: str
@@ -715,8 +719,9 @@ def load(flags=None, environ=None):
             raw, option = s.default, s.option
         values[s.name] = raw if raw is None or s.parse is None else s.parse(option, raw)
 
-    if values["gc_ca_file"] is not None and not os.path.isfile(values["gc_ca_file"]):
-        raise ConfigError(SETTINGS_BY_NAME["gc_ca_file"].option, "file does not exist")
+    for name in ("gc_ca_file", "mh_ca_file"):
+        if values[name] is not None and not os.path.isfile(values[name]):
+            raise ConfigError(SETTINGS_BY_NAME[name].option, "file does not exist")
     for name, what in (("tls_cert", "the WebTransport certificate chain (PEM)"),
                        ("tls_key", "the WebTransport private key (PEM)"),
                        ("jwks_url", "where meeting tokens' keys are")):

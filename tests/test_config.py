@@ -91,6 +91,7 @@ def test_advertise_default_follows_grpc_port():
     (["--log-format", "xml"], {}, "--log-format: 'xml' is not one of text, json"),
     (["--log-level", "verbose"], {}, "--log-level: 'verbose' is not one of debug, info, warn"),
     (["--gc-ca-file", "/nonexistent/ca.pem"], {}, "MC_GC_CA_FILE / --gc-ca-file: file does"),
+    ([], {"MC_MH_CA_FILE": "/nonexistent/ca.pem"}, "MC_MH_CA_FILE / --mh-ca-file: file does"),
     ([], {"MC_QUIC_ENGINE": "quiche"}, "MC_QUIC_ENGINE: 'quiche' is not one of aioquic, qh3"),
     (["--python-gc-thresholds", "1,2"], {}, "--python-gc-thresholds: '1,2' is not g0,g1,g2"),
     ([], {"MC_PYTHON_GC_THRESHOLDS": "a,b,c"}, "MC_PYTHON_GC_THRESHOLDS: 'a,b,c' is not"),

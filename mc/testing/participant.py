@@ -22,10 +22,13 @@ def frame(message):
     return _LENGTH.pack(len(payload)) + payload
 
 
-def join_request(meeting_id, token, name, correlation_id="", binding_token=""):
+def join_request(meeting_id, token, name, correlation_id="", binding_token="", trace_parent="",
+                 trace_state=""):
+    """A JoinRequest; ``trace_parent`` / ``trace_state``: the client's W3C trace context."""
     return pb.ClientMessage(join_request=pb.JoinRequest(
         meeting_id=meeting_id, join_token=token, participant_name=name,
-        correlation_id=correlation_id, binding_token=binding_token))
+        correlation_id=correlation_id, binding_token=binding_token),
+        trace_parent=trace_parent, trace_state=trace_state)
 
 
 class Participant:
@@ -57,13 +60,15 @@ class Participant:
 
     @classmethod
     async def join(cls, url, meeting_id, token, name, *, correlation_id="", binding_token="",
-                   origin=None, idle_timeout=30.0, timeout=5.0, local_host=None):
+                   origin=None, idle_timeout=30.0, timeout=5.0, local_host=None,
+                   trace_parent="", trace_state=""):
         """Open a session and send the JoinRequest; return the participant
         once the MC answered (``joined`` holds the JoinResponse, or None
         when it answered otherwise: see ``messages``)."""
         p = await cls.open(url, origin=origin, idle_timeout=idle_timeout, timeout=timeout,
                            local_host=local_host)
-        p.send(join_request(meeting_id, token, name, correlation_id, binding_token))
+        p.send(join_request(meeting_id, token, name, correlation_id, binding_token,
+                            trace_parent, trace_state))
         first = await p.next(timeout)
         p.joined = first.join_response if first.HasField("join_response") else None
         return p
