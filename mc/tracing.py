@@ -30,6 +30,7 @@ MAX_TRACEPARENT_BYTES = 55 * 2
 MAX_TRACESTATE_BYTES = 512
 EXPORT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
+SERVER = trace.SpanKind.SERVER
 _propagator = TraceContextTextMapPropagator()
 
 
@@ -66,9 +67,15 @@ def current_trace_id():
     return format(span_context.trace_id, "032x") if span_context.is_valid else None
 
 
-def current():
-    """The current context, to be handed to work that runs later (a timer)."""
-    return otel_context.get_current()
+def current_metadata():
+    """The ``traceparent`` (and ``tracestate``) headers of the current span,
+    for a call made within it (a heartbeat an assignment nudged); empty
+    outside any span."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return ()
+    carrier = {}
+    _propagator.inject(carrier)
+    return tuple(carrier.items())
 
 
 class Tracing:

@@ -1,7 +1,9 @@
 """The MC's service tree, wired from a Config: the one place that knows which
 part needs which, and the order they start in (stop is the reverse)."""
 
-from twisted.internet import defer
+import os
+
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from mc.ac.identity import AcIdentity, ClientCredentials, StaticIdentity
@@ -15,6 +17,9 @@ from mc.gc.liaison import GcLiaison
 from mc.joining import JoinService
 from mc.lease import Lease
 from mc.meetings import MeetingRegistry
+from mc.mh.client import GrpcMhClient
+from mc.mh.coordination import MediaCoordination
+from mc.mh.registration import MeetingRegistrar
 from mc.ops.collector import CollectorService
 from mc.ops.health import Health, HealthMonitor
 from mc.ops.lifecycle import Lifecycle
@@ -32,8 +37,11 @@ from mc.participants.webtransport import WebTransportService, server_configurati
 from mc.redis.connection import probe_period
 from mc.redis.store import RedisFencedStore
 from mc.service import OrderedMultiService
+from mc.tracing import Tracing
 
 log = Logger(namespace="mc.tree")
+#: At most this long at stop for the exporter's last spans.
+TRACING_FLUSH_SECONDS = 5.0
 
 
 class MeetingController(OrderedMultiService):
@@ -63,11 +71,20 @@ class MeetingController(OrderedMultiService):
     def stopService(self):
         yield super().stopService()
         self.gc_client.close()
+        if self.tracing.exporting:
+            # The exporter's last batch, in a thread and bounded: an OTLP
+            # endpoint that does not answer must not hold the exit up.
+            d = threads.deferToThread(self.tracing.shutdown)
+            d.addTimeout(TRACING_FLUSH_SECONDS, self.reactor)
+            yield d.addErrback(lambda f: log.warn("spans not exported at stop: {why}",
+                                                  why=f.getErrorMessage()))
 
 
 def build_tree(config, reactor):
     root = MeetingController(config, reactor)
     root.metrics = metrics = Metrics()
+    # The SDK's standard OTEL_* variables configure the exporter, if any.
+    root.tracing = tracing = Tracing(os.environ)
     metrics.set_build_info(QUIC_ENGINE)
     # Redis is probed at least once per fast heartbeat interval the GC dictates.
     root.store = store = RedisFencedStore(
@@ -111,16 +128,24 @@ def build_tree(config, reactor):
     root.joins = joins = JoinService(registry, health, tokens, reactor, metrics,
                                      config.disconnect_grace,
                                      BindingKeys(config.binding_secret.reveal()))
+    # Media handlers told of the meetings people join here, and heard.
+    root.registrar = registrar = MeetingRegistrar(
+        GrpcMhClient(reactor, config.mh_ca_file), identity, config.mc_id, config.grpc_advertise,
+        reactor, metrics, tracing)
+    joins.on_first_join(registrar.first_join)
     root.webtransport = WebTransportService(
         config.webtransport_listen, config.tls_cert, config.tls_key, config.webtransport_path,
-        config.allowed_origins, lambda peer: SignalingSession(joins, reactor, peer), reactor,
+        config.allowed_origins,
+        lambda peer: SignalingSession(joins, reactor, peer, media=registrar, tracing=tracing),
+        reactor,
         max_pending=config.max_pending_sessions,
         max_pending_per_host=config.max_pending_per_address)
     grpc_tls = ServerTls(config.grpc_tls_cert, config.grpc_tls_key,
                          config.grpc_tls_client_ca) if config.grpc_tls else None
     root.grpc = GrpcServerService(config.grpc_listen, assignment,
                                   _authorizer(config, tokens, reactor, metrics), reactor,
-                                  tls=grpc_tls)
+                                  tls=grpc_tls, tracing=tracing)
+    root.grpc.add_handlers(MediaCoordination(registry, reactor, metrics).handler())
     # HTTP first: a bind failure stops start-up before anything else runs, and
     # /readyz keeps answering "draining" until the very end of a shutdown.
     root.http = HealthHttpService(config.health_listen, health, registry, liaison, metrics,
@@ -140,8 +165,8 @@ def build_tree(config, reactor):
     # Participants arrive only once the meetings' side and the JWKS are up,
     # and are cut off (stop is the reverse) before them.
     services = (root.http, store, root.monitor, ownership, assignment, tokens, joins,
-                root.webtransport, root.grpc, liaison, reloader, root.watcher, root.lifecycle,
-                root.collector)
+                registrar, root.webtransport, root.grpc, liaison, reloader, root.watcher,
+                root.lifecycle, root.collector)
     if isinstance(identity, AcIdentity):
         # Asked for first, so the token may be there when the liaison starts.
         services = (root.http, identity) + services[1:]

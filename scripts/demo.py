@@ -1,29 +1,47 @@
-"""``make demo``: the whole MC on this machine, end to end, in under a minute.
+"""``make demo``: the whole MC on this machine, end to end, in about a minute.
 
-Starts a throwaway redis-server and a fake GC on loopback, runs ``twistd -n mc``
-against them, has the GC assign meetings (one more than the MC can take), has
-two participants join a meeting over WebTransport through the GC's join flow
-(the roster, a mute, a leave), shows what the GC saw and an excerpt of
-/metrics, then stops the MC with SIGTERM: the participant left is redirected
-and the shutdown is clean. Leaves nothing running.
+Starts a throwaway redis-server, the Auth Controller double, a v1 fake GC
+that checks every service token as the platform's GCs do, and two media
+handler doubles, all on loopback; runs ``twistd -n mc`` with the platform's
+own settings (AC_ENDPOINT, MC_CLIENT_ID, a client secret file, AC_JWKS_URL,
+GC_GRPC_URL: no static token anywhere). It shows the MC's token coming from
+the AC and its registration with the GC in v1; has the GC assign meetings
+(one more than the MC can take); has two participants join a meeting over
+WebTransport through the GC's join flow, the first carrying a browser's W3C
+trace context: the meeting is registered with both MHs, carrying that trace
+id, and the MC's log lines for the join carry it too; an MH reports a
+participant's media connection (the gauge follows it through a leave);
+shows what the GC saw and an excerpt of /metrics, then stops the MC with
+SIGTERM: the participant left is redirected and the shutdown is clean.
+Leaves nothing running.
 """
 
 import signal
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from google.protobuf import json_format
 
 from mc.proto import gc_mc_pb2 as pb
+from mc.testing.ac import AcDouble
 from mc.testing.daemon import McProcess, wait_for
 from mc.testing.fakegc import FakeGc, assign_meeting
+from mc.testing.mh import FakeMh
 from mc.testing.participant import LoopThread, SyncParticipant
 from mc.testing.redisproc import RedisProcess
 
-SERVICE_TOKEN = "demo-service-token"
-GC_TOKEN = "demo-gc-token"
+CLIENT_ID = "mc-demo-1"
+CLIENT_SECRET = "demo-client-secret-7Q"
 MAX_MEETINGS = 3
+#: What a browser's tracer would send: a W3C traceparent of its own trace.
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+TRACEPARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01"
+METRICS_SHOWN = ("mc_meetings_current", "mc_meeting_assignments_total", "mc_participants_current",
+                 "mc_joins_total", "mc_gc_registered", "mc_redis_up", "mc_gc_heartbeats_total",
+                 "mc_service_token", "mc_mh_registrations_total", "mc_mh_reports_total",
+                 "mc_media_connections_current", "mc_assignment_duration_seconds_count")
 
 
 def say(text=""):
@@ -55,19 +73,36 @@ def show(who, message):
     say(f"  {who} <- {kind} {body}")
 
 
-def join(loop, gc, meeting_id, name):
-    placed = gc.join(meeting_id, f"user-{name.lower()}")
+def join(loop, gc, mhs, meeting_id, name, **trace):
+    placed = gc.join(meeting_id, f"user-{name.lower()}",
+                     mh_assignments=[mh.assignment() for mh in mhs])
     say(f"  {name}: the GC places {meeting_id} on {placed.mc_id} and gives a meeting token; "
         f"WebTransport to {placed.webtransport_endpoint}")
-    p = SyncParticipant.join(loop, placed.webtransport_endpoint, meeting_id, placed.token, name)
+    if trace:
+        say(f"  {name}'s JoinRequest carries trace_parent = {trace['trace_parent']}")
+    p = SyncParticipant.join(loop, placed.webtransport_endpoint, meeting_id, placed.token, name,
+                             **trace)
     for message in p.messages:
         show(name, message)
     return p
 
 
-def participants(loop, gc, meeting_id):
-    ann = join(loop, gc, meeting_id, "Ann")
-    bob = join(loop, gc, meeting_id, "Bob")
+def show_registrations(mhs, meeting_id):
+    for mh in mhs:
+        mh.wait_for(lambda mh=mh: mh.registrations(meeting_id), timeout=15)
+        record = mh.registrations(meeting_id)[0]
+        body = json_format.MessageToJson(record.request, indent=None,
+                                         preserving_proto_field_name=True)
+        say(f"  {mh.mh_id} <- RegisterMeeting {body}")
+        say(f"    traceparent {record.metadata.get('traceparent')}, authorization "
+            f"Bearer <{len(record.metadata['authorization']) - 7} bytes, an AC token>")
+
+
+def participants(loop, gc, mhs, mc, meeting_id):
+    ann = join(loop, gc, mhs, meeting_id, "Ann", trace_parent=TRACEPARENT)
+    say("  the first join registers the meeting with both media handlers (not waited for):")
+    show_registrations(mhs, meeting_id)
+    bob = join(loop, gc, mhs, meeting_id, "Bob")
     show("Ann", ann.expect("participant_joined"))
     say("  Bob mutes his microphone:")
     bob.mute(audio=True)
@@ -76,9 +111,24 @@ def participants(loop, gc, meeting_id):
     gc.wait_for(lambda: any(h.request.capacity.current_participants == 2
                             for h in gc.heartbeats("fast")), timeout=10)
     say("  the GC's next heartbeats count them: current_participants = 2")
+
+    heading("a media handler reports Bob's media connection")
+    mh = mhs[0]
+    ack = mh.notify_connected(mc.grpc_target, meeting_id, bob.participant_id)
+    say(f"  {mh.mh_id} -> NotifyParticipantConnected (a media-handler token from the AC): "
+        f"acknowledged={ack.acknowledged}")
+    wait_for(lambda: mc.metric("mc_media_connections_current") == 1, 10, what="the gauge")
+    say("  mc_media_connections_current 1.0")
     say("  Bob leaves (finishes his stream, closes the session):")
     bob.leave()
     show("Ann", ann.expect("participant_left"))
+    wait_for(lambda: mc.metric("mc_media_connections_current") == 0, 10, what="the gauge")
+    say("  mc_media_connections_current 0.0: his connections went with him")
+
+    heading(f"the MC's log lines carrying Ann's trace id {TRACE_ID}")
+    for line in mc.log().splitlines():
+        if f"trace_id={TRACE_ID}" in line:
+            say("    " + line[:220])
     return ann
 
 
@@ -89,29 +139,46 @@ def main():
 
 def run(workdir):
     redis = RedisProcess(dir=workdir)
-    gc = FakeGc(SERVICE_TOKEN, mc_token=GC_TOKEN)
+    ac = AcDouble()
+    ac.add_client(CLIENT_ID, CLIENT_SECRET)
+    gc = FakeGc((), ac=ac, dialect="v1", issuer=ac.issuer)
+    mhs = [FakeMh("mh-a", ac=ac), FakeMh("mh-b", ac=ac)]
     loop = LoopThread()
     mc = None
     try:
-        heading("starting a throwaway redis-server and a fake GC")
+        heading("starting a throwaway redis-server, the AC, a v1 GC and two media handlers")
         redis.start()
+        ac.serve()
         gc.set_intervals(2000, 6000)
         gc.start()
+        for mh in mhs:
+            mh.start()
         say(f"  redis  {redis.url}")
-        say(f"  GC     {gc.url} (asks for heartbeats every 2 s / 6 s to keep the demo short)")
+        say(f"  AC     {ac.url} (client credentials, JWKS at {ac.jwks_url})")
+        say(f"  GC     {gc.url} (dark_tower.internal.v1 only; heartbeats every 2 s / 6 s)")
+        for mh in mhs:
+            say(f"  MH     {mh.mh_id}: gRPC {mh.grpc_url}, WebTransport {mh.webtransport_url}")
 
-        heading("starting the MC: twistd -n mc")
-        mc = McProcess(workdir, gc.url, redis.url, SERVICE_TOKEN, GC_TOKEN, mc_id="mc-demo-1",
-                       env={"MC_MAX_MEETINGS": str(MAX_MEETINGS),
-                            "MC_SHUTDOWN_GRACE_SECONDS": "2"}, jwks_url=gc.jwks_url).start()
+        heading("starting the MC: twistd -n mc, with AC_ENDPOINT and MC_CLIENT_ID")
+        secret = Path(workdir) / "client-secret"
+        secret.write_text(CLIENT_SECRET + "\n")
+        mc = McProcess(workdir, gc.url, redis.url, None, None, mc_id=CLIENT_ID,
+                       env={"AC_ENDPOINT": ac.url, "MC_CLIENT_ID": CLIENT_ID,
+                            "MC_CLIENT_SECRET_FILE": str(secret),
+                            "MC_MAX_MEETINGS": str(MAX_MEETINGS),
+                            "MC_SHUTDOWN_GRACE_SECONDS": "2"},
+                       jwks_url=ac.jwks_url).start()
         say(f"  gRPC   {mc.grpc_target}   health http://127.0.0.1:{mc.http_port}   "
             f"WebTransport {mc.wt_url} (UDP)")
-        gc.wait_for(lambda: gc.registrations(), timeout=20)
-        reg = gc.registrations()[0]
-        say("  the GC got RegisterMC: " + json_format.MessageToJson(
+        gc.wait_for(lambda: [r for r in gc.registrations() if r.status == "OK"], timeout=30)
+        say(f"  the AC issued the MC's service token: {len(ac.issued())} client-credentials "
+            f"grant for {ac.issued()[0][0]}")
+        reg = [r for r in gc.registrations() if r.status == "OK"][0]
+        say(f"  the GC got RegisterMC in {reg.dialect}: " + json_format.MessageToJson(
             reg.request, indent=None, preserving_proto_field_name=True))
         auth = reg.metadata.get("authorization", "")
-        say(f"  with metadata authorization: {auth[:7]}<{len(auth) - 7} bytes, not shown>")
+        say(f"  with metadata authorization: {auth[:7]}<{len(auth) - 7} bytes, not shown>, "
+            f"checked by the GC: {ac.check(auth, 'service.write.gc', 'meeting-controller')}")
         wait_for(mc.ready, 20, what="/readyz 200")
         say(f"  /readyz -> 200 {mc.http('/readyz')[1].strip()}")
 
@@ -120,16 +187,14 @@ def run(workdir):
                                 for h in gc.heartbeats("fast")), timeout=20)
 
         heading("two participants join meeting-1 over WebTransport")
-        ann = participants(loop, gc, "meeting-1")
+        ann = participants(loop, gc, mhs, mc, "meeting-1")
 
         heading(f"the GC assigns {MAX_MEETINGS} more meetings to an MC that takes "
                 f"{MAX_MEETINGS} in all")
         for i in range(2, MAX_MEETINGS + 2):
             meeting_id = f"meeting-{i}"
-            r = assign_meeting(mc.grpc_target, meeting_id,
-                               [("mh-a", "https://mh-a.example:4433", ""),
-                                ("mh-b", "https://mh-b.example:4433", "")],
-                               GC_TOKEN)
+            r = assign_meeting(mc.grpc_target, meeting_id, [mh.assignment() for mh in mhs],
+                               ac.mint("global-controller"), dialect="v1")
             verdict = ("accepted" if r.accepted else
                        "rejected: " + pb.RejectionReason.Name(r.rejection_reason))
             say(f"  AssignMeetingWithMh {meeting_id}: {verdict}")
@@ -142,16 +207,13 @@ def run(workdir):
                                 for h in gc.heartbeats("fast")), timeout=10)
         gc.wait_for(lambda: gc.heartbeats("comprehensive"), timeout=15)
         heading("what the GC saw")
-        for record in gc.heartbeats():
+        for record in gc.heartbeats()[-8:]:
             show_heartbeat(record)
 
         heading("an excerpt of /metrics")
         _, body = mc.http("/metrics")
         for line in body.splitlines():
-            if line.startswith(("mc_meetings_current", "mc_meeting_assignments_total",
-                                "mc_participants_current", "mc_joins_total",
-                                "mc_gc_registered", "mc_redis_up", "mc_gc_heartbeats_total",
-                                "mc_reactor_lag_seconds", "mc_assignment_duration_seconds_count")):
+            if "_created" not in line and line.startswith(METRICS_SHOWN):
                 say("  " + line)
 
         heading("SIGTERM: drain, one DRAINING heartbeat, redirect the participants, exit")
@@ -177,7 +239,10 @@ def run(workdir):
         if mc is not None:
             mc.stop()
         loop.stop()
+        for mh in mhs:
+            mh.stop()
         gc.stop()
+        ac.stop()
         redis.stop()
 
 

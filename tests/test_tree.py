@@ -26,6 +26,7 @@ from tests.configs import PARTICIPANT_ENV, TEST_GC_TOKEN, TEST_SERVICE_TOKEN
 from tests.helpers import wait_until
 
 ORDER = ["http", "redis-store", "health-monitor", "ownership", "meetings", "jwks", "joins",
+         "mh-registration",
          "webtransport", "grpc", "gc-liaison", "reload", "watch", "lifecycle", "python-gc"]
 
 

@@ -20,6 +20,7 @@ from zope.interface import implementer
 from mc.errors import GcCallError
 from mc.interfaces import IGcClient
 from mc.proto import gc_mc_legacy_pb2_grpc, gc_mc_pb2_grpc
+from mc.tracing import current_metadata
 
 V1 = "v1"
 LEGACY = "legacy"
@@ -124,8 +125,9 @@ class GrpcGcClient:
         if metadata is None:
             self._count(method, "none", "NO_TOKEN")
             return defer.fail(GcCallError(method, "UNAUTHENTICATED", "no service token"))
+        # A call made within a span (a heartbeat an assignment nudged) carries its trace.
         future = getattr(self._stubs[dialect], method).future(
-            request, timeout=self._deadline, metadata=metadata)
+            request, timeout=self._deadline, metadata=tuple(metadata) + current_metadata())
         d = defer.Deferred(lambda _d: future.cancel())
 
         def deliver(outcome, is_error):

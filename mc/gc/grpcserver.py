@@ -21,6 +21,7 @@ those open keep theirs.
 """
 
 import concurrent.futures
+import contextlib
 import threading
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ from mc.assignment import AT_CAPACITY, DRAINING, UNHEALTHY, InvalidAssignment, v
 from mc.errors import ConfigError, KeyMismatch
 from mc.proto import gc_mc_legacy_pb2
 from mc.proto import gc_mc_pb2 as pb
+from mc.tracing import SERVER, metadata_context
 
 REASONS = {
     None: pb.REJECTION_REASON_UNSPECIFIED,
@@ -178,8 +180,10 @@ class GrpcServerService(Service):
     log = Logger()
 
     def __init__(self, listen_address, assignment, authorizer, reactor, max_workers=8,
-                 grace=5.0, max_message_bytes=64 * 1024, max_wait=10.0, tls=None):
+                 grace=5.0, max_message_bytes=64 * 1024, max_wait=10.0, tls=None, tracing=None):
         self._address = str(listen_address)
+        #: mc.tracing.Tracing: an assignment continues the GC's traceparent.
+        self._tracing = tracing
         self._tls = tls
         self._certificates_lock = threading.Lock()
         self._next_certificates = None  # read by grpc's threads, under the lock
@@ -312,16 +316,19 @@ class GrpcServerService(Service):
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before handling")
         try:
             accepted, reason = self._thd_on_reactor(
-                request.meeting_id, mh, request.requesting_gc_id, timeout)
+                request.meeting_id, mh, request.requesting_gc_id, timeout,
+                metadata_context(context.invocation_metadata()))
         except concurrent.futures.TimeoutError:
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no decision before the deadline")
         except Exception:
             context.abort(grpc.StatusCode.INTERNAL, "internal error")
         return pb.AssignMeetingWithMhResponse(accepted=accepted, rejection_reason=REASONS[reason])
 
-    def _thd_on_reactor(self, meeting_id, mh, gc_id, timeout):
-        """Run ``assign`` on the reactor and wait at most ``timeout`` seconds
-        for its answer; on timeout the Deferred is cancelled (on the reactor)."""
+    def _thd_on_reactor(self, meeting_id, mh, gc_id, timeout, trace_parent=None):
+        """Run ``assign`` on the reactor, in a span of the MC's under
+        ``trace_parent`` (the GC's trace context, or None), and wait at most
+        ``timeout`` seconds for its answer; on timeout the Deferred is
+        cancelled (on the reactor)."""
         future = concurrent.futures.Future()
         calls = []  # touched only on the reactor thread
 
@@ -329,13 +336,16 @@ class GrpcServerService(Service):
             if not future.set_running_or_notify_cancel():
                 return  # the worker gave up before the reactor got here
             try:
-                d = self._assignment.assign(meeting_id, mh, gc_id)
+                with self._traced(trace_parent) as span:
+                    d = self._assignment.assign(meeting_id, mh, gc_id)
             except Exception as e:
                 self.log.failure("assign of meeting {meeting_id} raised", meeting_id=meeting_id,
                                  gc_id=gc_id)
                 future.set_exception(e)
                 return
             calls.append(d)
+            if span is not None:
+                d.addBoth(lambda result: (span.end(), result)[1])
             d.addCallbacks(future.set_result, failed)
 
         def failed(failure):
@@ -357,6 +367,13 @@ class GrpcServerService(Service):
             raise
 
     # --- reactor thread ---------------------------------------------------
+
+    def _traced(self, parent):
+        """The assignment's span (ended by the caller), current within the
+        block: its log lines and the calls it causes carry the trace id."""
+        if self._tracing is None:
+            return contextlib.nullcontext()
+        return self._tracing.span("AssignMeetingWithMh", parent, SERVER, end=False)
 
     def _auth_failed(self, path, outcome):
         now = self._reactor.seconds()
