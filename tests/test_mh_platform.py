@@ -8,7 +8,6 @@ token; an MH refusing or never answering holds no join up; a drain moves a
 meeting to a second MC, which registers it with the MHs."""
 
 import signal
-import time
 
 import grpc
 import pytest
@@ -207,9 +206,6 @@ def test_an_assignments_traceparent_reaches_its_log_lines_and_the_heartbeat_it_n
                            metadata=(("traceparent", bad),))
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     seen = len(v1_gc.heartbeats("fast"))
-    # Past the liaison's 1 s nudge spacing since that heartbeat: the nudge
-    # sends at once, within the assignment (a nudge held back goes untraced).
-    time.sleep(1.2)
     response = assign_meeting(mc.grpc_target, "meeting-traced", LEGACY_MH, token, dialect="v1",
                               metadata=(("traceparent", TRACEPARENT),
                                         ("tracestate", "gc=1")))

@@ -10,7 +10,15 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from twisted.logger import Logger, LogPublisher, textFileLogObserver
 
 from mc.ops.logs import json_observer, trace_filter
-from mc.tracing import Tracing, carrier_context, current_metadata, metadata_context
+from mc.proto import gc_mc_pb2 as pb
+from mc.tracing import (
+    Tracing,
+    carrier_context,
+    current_metadata,
+    current_trace_id,
+    metadata_context,
+)
+from tests.test_liaison import Rig
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 TRACEPARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01"
@@ -76,3 +84,48 @@ def test_spans_leave_the_process_only_when_asked():
     assert set(spans) == {"join", "RegisterMeeting"}
     assert spans["RegisterMeeting"].parent.span_id == spans["join"].context.span_id
     assert format(spans["join"].context.trace_id, "032x") == TRACE_ID
+
+
+def traced_heartbeats(rig):
+    """The trace id current at each fast heartbeat the liaison sends."""
+    seen = []
+    send = rig.client.fast_heartbeat
+
+    def fast_heartbeat(request):
+        seen.append(current_trace_id())
+        return send(request)
+
+    rig.client.fast_heartbeat = fast_heartbeat
+    return seen
+
+
+def test_a_nudge_held_back_by_the_spacing_keeps_the_trace_it_was_asked_in():
+    rig = Rig(max_meetings=1)
+    rig.liaison.startService()
+    seen = traced_heartbeats(rig)
+    rig.advance(0.5)
+    with Tracing({}).continued("AssignMeetingWithMh", TRACEPARENT):
+        rig.registry.commit(rig.registry.reserve("m1"), 1, [])  # full: a nudge
+    assert seen == []
+    rig.advance(0.6)
+    assert seen == [TRACE_ID]
+    rig.advance(10)
+    assert seen == [TRACE_ID, None], "the loop's own heartbeats carry no trace"
+    rig.liaison.stopService()
+
+
+def test_a_nudge_waiting_for_the_heartbeat_in_flight_keeps_its_trace():
+    rig = Rig(max_meetings=1)
+    rig.liaison.startService()
+    rig.advance(3)
+    seen = traced_heartbeats(rig)
+    rig.client.script("fast_heartbeat", "hold")
+    rig.advance(10)
+    assert seen == [None]
+    with Tracing({}).continued("AssignMeetingWithMh", TRACEPARENT):
+        rig.registry.commit(rig.registry.reserve("m1"), 1, [])
+    (_method, held), = rig.client.held
+    held.callback(pb.FastHeartbeatResponse(acknowledged=True))
+    rig.advance(0)
+    assert seen == [None, TRACE_ID]
+    rig.liaison.stopService()

@@ -5,6 +5,8 @@ DRAINING heartbeat a drain waits for. Each reads one snapshot from the
 meeting registry and the health object; a NOT_FOUND answer is told to
 ``on_not_found()`` (registration, ``mc.gc.registration``, starts again)."""
 
+import contextvars
+
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
@@ -38,7 +40,7 @@ class Heartbeats:
         self._comprehensive = self._loop(self._comprehensive_tick)
         self._fast_inflight = None
         self._fast_inflight_draining = False
-        self._nudge_pending = False
+        self._nudge_pending = None  # the context of a nudge held while one is in flight
         self._nudge_call = None
         self._last_fast_sent = None
         self._last_error_log = None
@@ -106,9 +108,9 @@ class Heartbeats:
 
     def _fast_done(self, _):
         self._fast_inflight = None
-        if self._nudge_pending:
-            self._nudge_pending = False
-            self._clock.callLater(0, self.nudge)
+        if self._nudge_pending is not None:
+            nudged_in, self._nudge_pending = self._nudge_pending, None
+            self._clock.callLater(0, nudged_in.run, self.nudge)
 
     def _comprehensive_tick(self):
         return self._send(COMPREHENSIVE, self.comprehensive_request())
@@ -166,13 +168,16 @@ class Heartbeats:
             return
         if self._nudge_call is not None and self._nudge_call.active():
             return
+        # A nudge sent later runs in the context it was asked in: the heartbeat
+        # an assignment (or a join) nudged carries its trace.
         if self._fast_inflight is not None:
-            self._nudge_pending = True
+            self._nudge_pending = contextvars.copy_context()
             return
         last = self._last_fast_sent
         since = float("inf") if last is None else self._clock.seconds() - last
         if since < MIN_NUDGE_SPACING:
-            self._nudge_call = self._clock.callLater(MIN_NUDGE_SPACING - since, self.nudge)
+            self._nudge_call = self._clock.callLater(MIN_NUDGE_SPACING - since,
+                                                     contextvars.copy_context().run, self.nudge)
             return
         self._fast.stop()
         self._fast.start(self.fast_interval, now=True)
