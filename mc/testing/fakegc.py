@@ -414,10 +414,7 @@ class FakeGc:
                     endpoint = self._registered[current].webtransport_endpoint
                 else:
                     candidates = self._thd_candidates(now, exclude=current)
-                    token = self._mc_token
-                    if token is None and self.ac is not None:
-                        token = self.ac.mint("global-controller")
-                    dialect = LEGACY if self._dialect == LEGACY else V1
+                    token, dialect = self._thd_assign_terms()
             if reuse:
                 mc_id, assigned = current, False
             else:
@@ -435,8 +432,8 @@ class FakeGc:
         with self._join_lock:
             with self._lock:
                 registration = self._registered[mc_id]
-                token = self._mc_token
-            return self._place(meeting_id, [registration], mh, token)
+                token, dialect = self._thd_assign_terms()
+            return self._place(meeting_id, [registration], mh, token, dialect)
 
     def placement(self, meeting_id):
         """The id of the MC the fake last placed ``meeting_id`` on, or None."""
@@ -461,6 +458,15 @@ class FakeGc:
                     and heard.current_meetings < heard.max_meetings):
                 eligible.append((heard.current_meetings / heard.max_meetings, mc_id, registration))
         return [registration for _, _, registration in sorted(eligible, key=lambda e: e[:2])]
+
+    def _thd_assign_terms(self):
+        """The token and the dialect of an AssignMeetingWithMh now: the set
+        token, else a fresh GC token from the AC; v1 unless the fake speaks
+        legacy only. Called with the lock held."""
+        token = self._mc_token
+        if token is None and self.ac is not None:
+            token = self.ac.mint("global-controller")
+        return token, LEGACY if self._dialect == LEGACY else V1
 
     def _place(self, meeting_id, candidates, mh, token, dialect):
         """Ask ``candidates`` in turn (in ``dialect``); the first that accepts
