@@ -6,7 +6,7 @@ setup(
     description="Meeting Controller: hosts the meetings a Global Controller assigns",
     python_requires=">=3.10",
     packages=["mc", "mc.proto", "mc.gc", "mc.redis", "mc.participants", "mc.ops", "mc.mh",
-              "mc.testing",
+              "mc.ac", "mc.testing",
               "twisted.plugins"],
     package_data={"mc.redis": ["lua/*.lua"]},
     include_package_data=True,

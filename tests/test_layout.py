@@ -71,3 +71,14 @@ def test_only_the_engine_seam_imports_the_quic_engine():
         names = _imports(path)
         for lib in ENGINES:
             assert not _uses(names, lib), f"{path} imports {lib}, not mc.participants.engine"
+
+
+def test_every_package_is_in_the_distribution():
+    """A package missing from setup.py's list imports from a checkout but not
+    once installed (as mc.ac once did)."""
+    setup = ast.parse((ROOT.parent / "setup.py").read_text("utf-8"))
+    listed = {node.value for node in ast.walk(setup)
+              if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    packages = {".".join(p.parent.relative_to(ROOT.parent).parts)
+                for p in ROOT.rglob("__init__.py")}
+    assert packages <= listed, sorted(packages - listed)
