@@ -2,6 +2,9 @@
 real gRPC server with the real JWKS cache fed by the AC double: the
 incoming-token table on every path, and every bad token the issue names."""
 
+import json
+import time
+
 import grpc
 import pytest
 import pytest_twisted
@@ -19,7 +22,7 @@ from mc.config import Secret
 from mc.gc.auth import TokenCheck
 from mc.gc.grpcserver import GrpcServerService
 from mc.ops.metrics import Metrics
-from mc.participants.tokens import TokenVerifier
+from mc.participants.tokens import TokenVerifier, parse_jwks
 from mc.proto import gc_mc_pb2 as pb
 from mc.testing.ac import AcDouble
 from mc.testing.issuer import SigningKey
@@ -222,3 +225,59 @@ async def test_the_static_list_is_replaced_on_reload(server, ac):
         grpc.StatusCode.UNAUTHENTICATED
     assert (await server.call(V1_ASSIGN, bearer(ac.mint(GLOBAL_CONTROLLER))))[0] == \
         grpc.StatusCode.OK
+
+
+def parsed(jwks):
+    return parse_jwks(json.dumps(jwks).encode())
+
+
+class DictKeys:
+    """The JWKS as a mapping the test changes (a key set without fetching)."""
+
+    def __init__(self, ac):
+        self.ac = ac
+        self.reload()
+
+    def reload(self):
+        self.keys = parsed(self.ac.issuer.jwks())
+
+    def key(self, kid):
+        return self.keys.get(kid)
+
+    def refetch(self):
+        return defer.succeed(None)
+
+
+class At:
+    """A reactor's time and callFromThread, as a worker sees them."""
+
+    def __init__(self, now):
+        self.now = now
+
+    def seconds(self):
+        return self.now
+
+    def callFromThread(self, f, *args):
+        f(*args)
+
+
+def test_a_verified_token_is_remembered_but_its_claims_and_key_checked_each_call(ac):
+    keys = DictKeys(ac)
+    clock = At(time.time())
+    check = ServiceTokenCheck(keys, clock, 5.0)
+    token = bearer(ac.mint(GLOBAL_CONTROLLER, exp=int(clock.now) + 60))
+    assert check.thd_authorize(V1_ASSIGN, [token]) == "ok"
+    assert check.thd_authorize(V1_ASSIGN, [token]) == "ok"
+    assert check.thd_authorize(MH_CONNECTED, [token]) == "permission_denied"
+    clock.now += 66  # expired past the skew: the remembered signature does not help
+    assert check.thd_authorize(V1_ASSIGN, [token]) == "unauthenticated"
+    clock.now -= 66
+    ac.issuer.rotate()  # the signing key leaves the JWKS
+    keys.reload()
+    assert check.thd_authorize(V1_ASSIGN, [token]) == "unauthenticated"
+    # A key replaced under the same kid ends the remembered verifications too.
+    fresh = bearer(ac.mint(GLOBAL_CONTROLLER))
+    assert check.thd_authorize(V1_ASSIGN, [fresh]) == "ok"
+    kid = ac.issuer.current.kid
+    keys.keys[kid] = parsed({"keys": [SigningKey(kid=kid).public_jwk()]})[kid]
+    assert check.thd_authorize(V1_ASSIGN, [fresh]) == "unauthenticated"

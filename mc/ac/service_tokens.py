@@ -21,6 +21,8 @@ the reactor.
 
 import concurrent.futures
 import math
+import threading
+from collections import OrderedDict
 
 import grpc
 from twisted.logger import Logger
@@ -61,6 +63,10 @@ AUTHORIZED = {
 }
 #: Seconds a worker waits for a JWKS refetch asked by an unknown kid.
 REFETCH_WAIT = 5.0
+#: Tokens whose signature was verified, kept so that a peer's next call with
+#: the same token (a GC sends one for its life) skips the signature check;
+#: the claims are checked again on every call.
+VERIFIED_CACHE = 256
 BEARER = "Bearer "
 
 
@@ -102,19 +108,21 @@ class ServiceTokenCheck:
 
     log = Logger()
 
-    def __init__(self, keys, reactor, skew, static=None, on_outcome=None):
+    def __init__(self, keys, reactor, skew, static=None, on_outcome=None, verified=None):
         self._keys = keys
         self._reactor = reactor
         self._skew = float(skew)
         self._static = static
         self._on_outcome = on_outcome
+        self._verified = verified if verified is not None else _Verified()
 
     def __repr__(self):
         return f"<ServiceTokenCheck static={self._static is not None}>"
 
     def with_static(self, static):
         """The same check with another static GC token list (SIGHUP)."""
-        return ServiceTokenCheck(self._keys, self._reactor, self._skew, static, self._on_outcome)
+        return ServiceTokenCheck(self._keys, self._reactor, self._skew, static, self._on_outcome,
+                                 self._verified)
 
     def thd_authorize(self, path, authorizations):
         service = service_of(path)
@@ -136,14 +144,26 @@ class ServiceTokenCheck:
                 and self._static.check(value)):
             return OK
         try:
-            alg, kid = read_header(token)
-            entry = self._keys.key(kid)
-            if entry is None:
-                entry = self._thd_refetched(kid)
-            claims = verify_signature(token, alg, entry)
+            claims = self._thd_verified(token)
         except InvalidToken:
             return UNAUTHENTICATED
         return check_service_claims(claims, service, self._reactor.seconds(), self._skew)
+
+    def _thd_verified(self, token):
+        """The claims of a token signed by a key of the JWKS now (a cached
+        verification counts while its kid is still published)."""
+        cached = self._verified.get(token)
+        if cached is not None:
+            kid, entry, claims = cached
+            if self._keys.key(kid) == entry:
+                return claims
+        alg, kid = read_header(token)
+        entry = self._keys.key(kid)
+        if entry is None:
+            entry = self._thd_refetched(kid)
+        claims = verify_signature(token, alg, entry)
+        self._verified.put(token, (kid, entry, claims))
+        return claims
 
     def _thd_refetched(self, kid):
         """The key of ``kid`` after one refetch of the JWKS on the reactor
@@ -160,6 +180,30 @@ class ServiceTokenCheck:
         except concurrent.futures.TimeoutError:
             return None
         return self._keys.key(kid)
+
+
+class _Verified:
+    """A bounded, thread-safe map of verified tokens, the least recently
+    used dropped first."""
+
+    def __init__(self, size=VERIFIED_CACHE):
+        self._size = size
+        self._lock = threading.Lock()
+        self._entries = OrderedDict()
+
+    def get(self, token):
+        with self._lock:
+            value = self._entries.get(token)
+            if value is not None:
+                self._entries.move_to_end(token)
+            return value
+
+    def put(self, token, value):
+        with self._lock:
+            self._entries[token] = value
+            self._entries.move_to_end(token)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
 
 
 @implementer(ICallAuthorizer)
