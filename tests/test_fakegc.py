@@ -20,7 +20,7 @@ from fixtures_gc import (
     register_request,
 )
 
-from mc.proto import gc_mc_legacy_pb2_grpc, gc_mc_pb2
+from mc.proto import gc_mc_legacy_pb2_grpc, gc_mc_pb2, gc_mc_pb2_grpc
 from mc.testing import fakegc
 from mc.testing.fakegc import FakeGc
 
@@ -325,12 +325,13 @@ def test_assign_meeting_client_side():
     assert "authorization" not in missing
 
 
-def test_command_line_prints_one_json_line_per_request(tmp_path):
+@pytest.mark.parametrize("dialect", ["legacy", "v1"])
+def test_command_line_prints_one_json_line_per_request(tmp_path, dialect):
     token_file = tmp_path / "tokens"
     token_file.write_text(f"{TOKEN}\n{OTHER_TOKEN}\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mc.testing.fakegc", "--listen", "127.0.0.1:0",
-         "--token-file", str(token_file)],
+         "--token-file", str(token_file), "--dialect", dialect],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
@@ -338,7 +339,8 @@ def test_command_line_prints_one_json_line_per_request(tmp_path):
         assert "listening on http://127.0.0.1:" in banner
         target = banner.rsplit("http://", 1)[1].strip()
         with grpc.insecure_channel(target) as channel:
-            stub = gc_mc_legacy_pb2_grpc.GlobalControllerServiceStub(channel)
+            module = gc_mc_legacy_pb2_grpc if dialect == "legacy" else gc_mc_pb2_grpc
+            stub = module.GlobalControllerServiceStub(channel)
             stub.RegisterMC(register_request(), timeout=5, metadata=BEARER)
             code_of(stub.FastHeartbeat, fast_request("other"), metadata=BEARER)
         lines = [json.loads(proc.stdout.readline()) for _ in range(2)]
@@ -349,7 +351,7 @@ def test_command_line_prints_one_json_line_per_request(tmp_path):
             proc.kill()
             proc.wait()
     assert lines[0]["method"] == "RegisterMC"
-    assert lines[0]["status"] == "OK"
+    assert lines[0]["status"] == "OK" and lines[0]["dialect"] == dialect
     assert lines[0]["fields"]["id"] == "mc-test-1"
     assert lines[0]["fields"]["max_participants"] == 100
     assert lines[1]["method"] == "FastHeartbeat"

@@ -18,6 +18,7 @@ GC does and hands out meeting tokens from its own ``TokenIssuer``, whose JWKS
 it serves over HTTP while it runs.
 
     python -m mc.testing.fakegc --listen 127.0.0.1:50051 --token-file F [--jwks-file J]
+        [--dialect legacy|v1|both]
 
 runs one in the foreground, printing one JSON line per request to stdout.
 """
@@ -680,6 +681,7 @@ def assign_meeting(mc_target, meeting_id, mh_assignments, token, gc_id="fake-gc"
 def _record_json(record):
     return json.dumps({
         "method": record.method,
+        "dialect": record.dialect,
         "fields": json_format.MessageToDict(
             record.request, preserving_proto_field_name=True,
             always_print_fields_with_no_presence=True),
@@ -698,6 +700,9 @@ def main(argv=None):
     parser.add_argument("--fast-ms", type=int, default=DEFAULT_FAST_MS)
     parser.add_argument("--comprehensive-ms", type=int, default=DEFAULT_COMPREHENSIVE_MS)
     parser.add_argument("--jwks-file", help="write the join tokens' JWKS to this file")
+    parser.add_argument("--dialect", choices=(LEGACY, V1, BOTH), default=LEGACY,
+                        help="the packages served: dark_tower.internal (legacy), "
+                             "dark_tower.internal.v1 (v1) or both")
     args = parser.parse_args(argv)
 
     host, _, port = args.listen.rpartition(":")
@@ -722,7 +727,8 @@ def main(argv=None):
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
-    fake = FakeGc(tokens, host=host.strip("[]"), port=int(port), tls=tls, on_request=thd_print)
+    fake = FakeGc(tokens, host=host.strip("[]"), port=int(port), tls=tls, on_request=thd_print,
+                  dialect=args.dialect)
     fake.set_intervals(args.fast_ms, args.comprehensive_ms)
     if args.jwks_file:
         fake.issuer.write_jwks(args.jwks_file)
