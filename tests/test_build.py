@@ -173,7 +173,9 @@ def test_the_install_script_into_a_fresh_directory_runs_the_daemon(
                          env={"MC_SHUTDOWN_GRACE_SECONDS": "1"})
         try:
             mc.start()
-            wait_for(mc.ready, 20, what="the installed MC registered and ready")
+            wait_for(lambda mc=mc: mc.ready() or not mc.alive(), 30,
+                     what="the installed MC registered and ready")
+            assert mc.alive(), mc.output()[-3000:] + mc.log()[-3000:]
             _, text = mc.http("/metrics")
             assert re.search(r'mc_build_info\{python="[\d.]+",quic_engine="aioquic-'
                              + re.escape(metadata.version("aioquic"))
@@ -194,3 +196,11 @@ def test_the_pins_of_setup_py_allow_a_pinned_range_only_where_said():
     for req in requirements("mc"):
         if canonicalize_name(req.name) not in PRIVATE_PARTS_READ:
             assert not any(s.operator == "==" for s in SpecifierSet(str(req.specifier))), req
+
+
+def test_every_folder_of_python_modules_is_a_package_the_install_carries():
+    """A folder without __init__.py imports from a checkout (a namespace
+    package) but find_packages leaves it out of an install."""
+    folders = {p.parent for p in (ROOT / "mc").rglob("*.py") if "__pycache__" not in p.parts}
+    for folder in folders:
+        assert (folder / "__init__.py").is_file(), folder.relative_to(ROOT)
