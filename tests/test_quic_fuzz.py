@@ -55,8 +55,12 @@ def failures():
     seen = []
 
     def observe(event):
-        if event.get("log_failure") is not None or event.get("log_level") is not None and \
-                event["log_level"].name in ("error", "critical"):
+        """The MC's own failures and errors (not, say, another test's
+        Deferred collected meanwhile)."""
+        level = event.get("log_level")
+        if (event.get("log_namespace", "").startswith("mc.")
+                and (event.get("log_failure") is not None
+                     or level is not None and level.name in ("error", "critical"))):
             seen.append(event)
 
     globalLogPublisher.addObserver(observe)
