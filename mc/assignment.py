@@ -173,7 +173,7 @@ class AssignmentService(Service):
         except by cancellation, which only stops waiting: an accept in flight
         completes (the contract allows a timed-out call to have been accepted)."""
         started = self._clock.seconds()
-        d = defer.ensureDeferred(self._assign(meeting_id, tuple(mh_assignments), gc_id))
+        d = defer.ensureDeferred(self._assign(meeting_id, tuple(mh_assignments), gc_id, started))
         d.addBoth(self._answered, started)
         return d
 
@@ -190,7 +190,7 @@ class AssignmentService(Service):
         counter.inc()
         return result
 
-    async def _assign(self, meeting_id, mh, gc_id):
+    async def _assign(self, meeting_id, mh, gc_id, issued_at):
         while True:
             if self._health.draining or not self.running:
                 return self._reject(meeting_id, gc_id, DRAINING)
@@ -205,13 +205,13 @@ class AssignmentService(Service):
                 continue  # an end or a write-back finished: the meeting may have changed
             m = self._registry.get(meeting_id)
             if m is not None:
-                op = self._reassert(m, mh, gc_id)
+                op = self._reassert(m, mh, gc_id, issued_at)
             else:
                 try:
                     reservation = self._registry.reserve(meeting_id)
                 except AtCapacity as e:
                     return self._reject(meeting_id, gc_id, AT_CAPACITY, e.resource)
-                op = self._accept(reservation, mh, gc_id)
+                op = self._accept(reservation, mh, gc_id, issued_at)
             return await _follow(self._lanes.run(meeting_id, _ACCEPT, op,
                                                  failed=(False, UNHEALTHY)))
 
@@ -222,15 +222,17 @@ class AssignmentService(Service):
                            reason=reason, detail=f" ({detail})" if detail else "")
         return (False, reason)
 
-    async def _accept(self, reservation, mh, gc_id):
+    async def _accept(self, reservation, mh, gc_id, issued_at):
         """Claim a new generation and write the meeting's keys in one round
-        trip, then host it; the slot goes back on any failure."""
+        trip, then host it; the slot goes back on any failure. ``issued_at``:
+        when the assignment arrived (a claim by another MC made after it
+        wins even if ours reaches Redis later)."""
         meeting_id = reservation.meeting_id
         now = int(self._clock.seconds())
         try:
             generation = await self._store.claim_and_write(
                 meeting_id, self._config.mc_id, assignment_record(mh, now),
-                owner_state(self._config, now))
+                owner_state(self._config, now), issued_at=issued_at)
         except StoreError as e:
             self._registry.release(reservation)
             self.log.warn("could not claim meeting {meeting_id} from {gc_id}: {why}",
@@ -250,7 +252,7 @@ class AssignmentService(Service):
                            gc_id=gc_id, generation=generation)
         return ACCEPTED
 
-    async def _reassert(self, m, mh, gc_id):
+    async def _reassert(self, m, mh, gc_id, issued_at):
         """Accept a meeting hosted here again under its generation: rewrite its
         keys fenced (the GC's fresh MH choice wins); if that shows it was lost,
         decide afresh like a new meeting."""
@@ -267,7 +269,7 @@ class AssignmentService(Service):
                 reservation = self._registry.reserve(meeting_id)
             except AtCapacity as e:
                 return self._reject(meeting_id, gc_id, AT_CAPACITY, e.resource)
-            return await self._accept(reservation, mh, gc_id)
+            return await self._accept(reservation, mh, gc_id, issued_at)
         except StoreError as e:
             self.log.warn("could not re-assert meeting {meeting_id} from {gc_id} at generation "
                           "{generation}: {why}", mc_id=self._config.mc_id, meeting_id=meeting_id,

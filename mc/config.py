@@ -434,6 +434,12 @@ SETTINGS = (
             _seconds(0, 3600), "Seconds shutdown waits for participants to move elsewhere"),
     Setting("meeting_idle", "MC_MEETING_IDLE_SECONDS", "meeting-idle", 300.0,
             _seconds(1, 86400), "Seconds a meeting may have no participants before it ends"),
+    Setting("redis_replica_acks", "MC_REDIS_REPLICA_ACKS", "redis-replica-acks", None,
+            _int_range(0, 16), "Online replicas that must acknowledge a claim before it counts "
+            "(WAIT) [default: 1 under Sentinel, where 0 is refused; 0 otherwise]"),
+    Setting("redis_timeout", "MC_REDIS_TIMEOUT_SECONDS", "redis-timeout", 3.0,
+            _seconds(0.1, 4.5), "Seconds a Redis operation may take; a claim that timed out is "
+            "read back within as long again, inside the GC's 10 s call deadline"),
     Setting("ownership_lease", "MC_OWNERSHIP_LEASE_SECONDS", "ownership-lease", 0.0,
             _seconds(0, 20), "Seconds this MC keeps hosting without Redis confirming its "
             "ownership; below the GC's 30 s staleness [default, 0: the GC's fast heartbeat "
@@ -541,6 +547,8 @@ class Config:
     meeting_idle: float
     ownership_lease: float
     python_gc_thresholds: tuple
+    redis_replica_acks: int
+    redis_timeout: float
     lag_threshold: float
     gc_deadline: float
     http_idle: float
@@ -736,6 +744,13 @@ def load(flags=None, environ=None):
     values["insecure_no_tls"] = _switch(flags, environ, INSECURE_NO_TLS_FLAG, INSECURE_NO_TLS_ENV)
     _check_tls_files(values)
     values["redis"] = replace(values.pop("redis_url"), ca_path=values.pop("redis_ca"))
+    sentinel = bool(values["redis"].sentinels)
+    if values["redis_replica_acks"] is None:
+        values["redis_replica_acks"] = 1 if sentinel else 0
+    elif sentinel and values["redis_replica_acks"] == 0:
+        raise ConfigError(SETTINGS_BY_NAME["redis_replica_acks"].option,
+                          "must be at least 1 under Sentinel: a claim no replica holds can "
+                          "vanish in a failover and its generation be handed out again")
     if values["mc_id"] is None:
         values["mc_id"] = default_mc_id()
 

@@ -24,6 +24,12 @@ class StoreUnavailable(StoreError):
     """Redis could not be reached or did not answer in time."""
 
 
+class ReplicasShort(StoreUnavailable):
+    """Fewer online replicas than a claim needs (a replica syncing, gone),
+    or fewer acknowledged it within the replica timeout: the claim does not
+    count, and the store is unavailable for health until they are back."""
+
+
 class FencedOut(StoreError):
     """Another MC holds this meeting (a newer generation, or the state hash
     names it); nothing changed. ``stored_generation`` is 0 when there is none."""

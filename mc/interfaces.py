@@ -17,7 +17,10 @@ class IFencedStore(Interface):
     answer in time (the outcome is unknown).
     """
 
-    connected = Attribute("True while Redis is reachable and answering.")
+    connected = Attribute("True while Redis is reachable and answering, and the replicas a "
+                          "claim needs are there: every operation may succeed.")
+    reachable = Attribute("True while Redis is reachable and answering (ownership can be "
+                          "read), even when claims lack the replicas they need.")
 
     def on_change(observer):
         """Call ``observer(connected)`` whenever ``connected`` flips."""
@@ -26,14 +29,15 @@ class IFencedStore(Interface):
         """Call ``heard()`` soon after another MC claims a meeting from
         ``mc_id`` (best effort: ``news`` is the record)."""
 
-    def claim(meeting_id):
-        """Increment the meeting's generation (a new meeting starts at 1) and
-        fire with the new one: the caller's ownership epoch."""
-
-    def claim_and_write(meeting_id, mc_id, assignment, state):
+    def claim_and_write(meeting_id, mc_id, assignment, state, issued_at=None):
         """Claim and write the MH assignment and the state hash in one atomic
-        step; fire with the new generation. A previous owner that is another
-        MC finds the meeting in its ``news``."""
+        step; fire with the new generation, above every generation the
+        meeting had (seeded from Redis's clock, so none ever repeats). The
+        claim counts only once durable (the replica acknowledgements
+        required); then a previous owner that is another MC finds the meeting
+        in its ``news``. A claim whose outcome is unknown is read back before
+        it fails; one issued (``issued_at``, our clock) before another MC's
+        claim that reaches Redis after it changes nothing (FencedOut)."""
 
     def reassert(meeting_id, generation, mc_id, assignment, state):
         """Fenced write of the assignment, the state hash and the MC's index
@@ -47,8 +51,9 @@ class IFencedStore(Interface):
         ``meeting:<id>:state``."""
 
     def delete(meeting_id, generation, mc_id):
-        """Fenced delete of the meeting's mh and state keys (the generation key
-        stays, so generations never go backwards)."""
+        """Fenced delete of the meeting's mh key; its state hash becomes a
+        tombstone naming the last owner (a later claim still tells it); the
+        tombstone and the generation key expire."""
 
     def read_generation(meeting_id):
         """Fire with the stored generation, or None for an unknown meeting."""
@@ -57,17 +62,16 @@ class IFencedStore(Interface):
         """Fire with the decoded MH assignment dict, or None."""
 
     def news(mc_id):
-        """Fire with ``(marked, lost)``: whether ``mc_id``'s marker is set
-        (False: Redis lost its data since ``mark``), and the ``(meeting_id,
-        generation)`` of each meeting another MC claimed from it since it last
-        ``forget_news``-ed them. One Redis command, whatever the MC hosts."""
+        """Fire with ``(intact, lost)``: whether Redis still holds every
+        write of ``mc_id`` it acknowledged (False: a restart from an older
+        snapshot or without persistence, a failover that lost writes), and
+        the ``(meeting_id, generation)`` of each meeting another MC claimed
+        from it since it last ``forget_news``-ed them, with the winning
+        claim's generation. One Redis command, whatever the MC hosts."""
 
     def forget_news(mc_id, lost):
         """Drop these ``(meeting_id, generation)`` entries from the news (an
         entry rewritten by a newer claim since stays)."""
-
-    def mark(mc_id):
-        """Set ``mc_id``'s marker: Redis holds what it wrote."""
 
 
 class IGcClient(Interface):

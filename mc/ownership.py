@@ -135,9 +135,10 @@ class OwnershipService(Service):
 
 class LostMeetings:
     """Reads the news of the meetings other MCs claimed from this one and
-    stops hosting them; the answer to every fence. A missing marker means
-    Redis lost its data: every hosted meeting is written back, and the ones
-    another MC claimed meanwhile are fenced out by owner."""
+    stops hosting them; the answer to every fence. A marker below what Redis
+    acknowledged means Redis lost writes (mc/redis/marker.py): every hosted
+    meeting is written back, and the ones another MC claimed meanwhile are
+    fenced out by generation or owner."""
 
     log = Logger()
 
@@ -150,7 +151,8 @@ class LostMeetings:
         self._metrics = metrics
         self._interval = interval
         self._lease = lease
-        self._marked = False  # the marker was seen or set: its loss is news
+        self._marked = False  # the marker was seen intact once: its loss is news
+        self._write_back_due = False  # Redis lost writes; not all written back yet
         self._running = False
         self._check = PeriodicCall(self._check_interval, self._read, clock, "ownership check")
         store.on_change(self._store_changed)
@@ -214,18 +216,19 @@ class LostMeetings:
         """Read the news; act on it; renew the lease from this read's start,
         after the hosted meetings were written back when Redis lost data or
         the lease had lapsed (a meeting claimed meanwhile is fenced out)."""
-        if not self._store.connected:
+        if not self._store.reachable:
             return
         mc_id = self._config.mc_id
         started = self._clock.seconds()
         try:
-            marked, lost = await self._store.news(mc_id)
+            intact, lost = await self._store.news(mc_id)
             done = [(meeting_id, g) for meeting_id, g in lost if self._decide(meeting_id, g)]
             settled = True
-            if marked:
-                self._marked = True
-            if not marked or self._lease.lapsed:
-                settled = await self._write_back_all(lost_data=not marked)
+            if not intact:
+                self._data_lost()
+            self._marked = True
+            if self._write_back_due or self._lease.lapsed:
+                settled = await self._write_back_all()
             if done:
                 await self._store.forget_news(mc_id, done)
         except StoreError as e:
@@ -262,20 +265,24 @@ class LostMeetings:
                       meeting_id=m.meeting_id, generation=m.generation,
                       stored_generation=fenced.stored_generation)
 
-    async def _write_back_all(self, lost_data):
+    def _data_lost(self):
+        if self._marked or len(self._registry):
+            self.log.warn("Redis lost writes it had acknowledged (a restart from an older "
+                          "snapshot or without persistence, a failover, a flush): writing back "
+                          "the {count} meetings hosted here, fenced",
+                          mc_id=self._config.mc_id, count=len(self._registry))
+        self._write_back_due = True
+
+    async def _write_back_all(self):
         """Write every hosted meeting's keys back (the owner check keeps a
-        claim made meanwhile by another MC); after a data loss, then set the
-        marker. True when every write succeeded; otherwise the next check
-        does it again (the marker stays unset, the lease unconfirmed)."""
-        if lost_data:
+        claim made meanwhile by another MC). True when every write
+        succeeded; otherwise the next check does it again (the lease stays
+        unconfirmed meanwhile)."""
+        if self._write_back_due:
             # An accept in flight may have written before the loss: settled
             # first, its meeting is written back too.
             await defer.DeferredList(self._lanes.in_flight(), consumeErrors=True)
         hosted = list(self._registry)
-        if lost_data and (self._marked or hosted):
-            self.log.warn("Redis lost this MC's marker, so it lost data (a restart without "
-                          "persistence?): writing back the {count} meetings hosted here",
-                          mc_id=self._config.mc_id, count=len(hosted))
         now = int(self._clock.seconds())
         written = True
         for i in range(0, len(hosted), REASSERT_CHUNK):
@@ -285,9 +292,8 @@ class LostMeetings:
             results = await defer.gatherResults(
                 [defer.ensureDeferred(self._write_back(m, now)) for m in chunk])
             written = written and all(results)
-        if written and lost_data:
-            await self._store.mark(self._config.mc_id)
-            self._marked = True
+        if written:
+            self._write_back_due = False
         return written
 
     async def _write_back(self, m, now):

@@ -88,7 +88,9 @@ def build_tree(config, reactor):
     metrics.set_build_info(QUIC_ENGINE)
     # Redis is probed at least once per fast heartbeat interval the GC dictates.
     root.store = store = RedisFencedStore(
-        config.redis, reactor, probe_every=lambda: probe_period(liaison.fast_interval))
+        config.redis, reactor, reply_timeout=config.redis_timeout,
+        replica_acks=config.redis_replica_acks,
+        probe_every=lambda: probe_period(liaison.fast_interval))
     store.setName("redis-store")
     root.registry = registry = MeetingRegistry(
         config.max_meetings, config.max_participants, config.participant_estimate, reactor,

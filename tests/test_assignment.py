@@ -116,6 +116,10 @@ class MemoryStore:
         self.script = defaultdict(deque)
         self.held = []
 
+    @property
+    def reachable(self):
+        return self.connected
+
     def on_change(self, observer):
         self.observers.append(observer)
 
@@ -150,13 +154,7 @@ class MemoryStore:
             raise FencedOut(meeting_id, generation, stored or 0)
         self.generations[meeting_id] = max(generation, stored or 0)
 
-    def claim(self, meeting_id):
-        def run():
-            self.generations[meeting_id] = self.generations.get(meeting_id, 0) + 1
-            return self.generations[meeting_id]
-        return self._do("claim", meeting_id, run)
-
-    def claim_and_write(self, meeting_id, mc_id, assignment, state):
+    def claim_and_write(self, meeting_id, mc_id, assignment, state, issued_at=None):
         def run():
             g = self.generations[meeting_id] = self.generations.get(meeting_id, 0) + 1
             previous = self.state.get(meeting_id, {}).get("mc_id")
@@ -208,8 +206,11 @@ class MemoryStore:
         return defer.succeed(self.mh.get(meeting_id))
 
     def news(self, mc_id):
-        return self._do("news", None, lambda: (mc_id in self.marked,
-                                                sorted(self.lost[mc_id].items())))
+        def run():
+            intact = mc_id in self.marked
+            self.marked.add(mc_id)  # the read raises the marker
+            return intact, sorted(self.lost[mc_id].items())
+        return self._do("news", None, run)
 
     def forget_news(self, mc_id, lost):
         def run():
@@ -217,9 +218,6 @@ class MemoryStore:
                 if self.lost[mc_id].get(meeting_id) == generation:
                     del self.lost[mc_id][meeting_id]
         return self._do("forget_news", None, run)
-
-    def mark(self, mc_id):
-        return self._do("mark", None, lambda: self.marked.add(mc_id))
 
     def count(self, method):
         return sum(1 for m, _ in self.calls if m == method)
@@ -438,12 +436,13 @@ def test_a_redis_that_lost_its_data_gets_every_meeting_written_back():
     rig.store.claim_and_write("m-2", "mc-other", {}, {})  # placed elsewhere meanwhile: 1
     rig.store.script["reassert"].append(StoreUnavailable("blip"))
     rig.run(2)
-    assert rig.store.marked == set(), "a failed write-back leaves the marker unset"
+    assert rig.ownership._lost._write_back_due, "a failed write-back is done again"
+    assert "m-1" not in rig.store.state
     rig.run(2)
     assert rig.service.hosted() == {"m-1", "m-3"}, "m-2 is fenced out by its owner"
     assert rig.store.state["m-1"]["mc_id"] == "mc-test-1"
     assert rig.store.state["m-2"]["mc_id"] == "mc-other"
-    assert rig.store.marked == {"mc-test-1"}
+    assert not rig.ownership._lost._write_back_due
 
 
 def test_idle_end_retries_a_failed_delete_then_notifies_with_backoff():

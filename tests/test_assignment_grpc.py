@@ -119,20 +119,23 @@ async def test_accept_writes_exactly_the_contract_keys(redis, make_mc):
 
     assert keys(redis) == [f"meeting:{m}:{k}" for m in ("meeting-1", "meeting-2")
                            for k in ("generation", "mh", "state")]
-    assert redis.command("GET", "meeting:meeting-1:generation") == "1"
+    generation = mc.registry.get("meeting-1").generation
+    assert generation >= before * 1e6, "seeded from Redis's clock"
+    assert redis.command("GET", "meeting:meeting-1:generation") == str(generation)
     mh = json.loads(redis.command("GET", "meeting:meeting-1:mh"))
     assert before <= mh["assigned_at"] <= await_after and isinstance(mh["assigned_at"], int)
     assert mh == {"primary_mh_id": "mh-a", "primary_endpoint": "https://mh-a.example:4433",
                   "backup_mh_id": "mh-b", "backup_endpoint": "https://mh-b.example:4433/wt",
                   "assigned_at": mh["assigned_at"]}
-    assert redis.hgetall("meeting:meeting-1:state") == {
-        "mc_id": "mc-test-1", "generation": "1", "grpc_endpoint": ADVERTISED,
+    state = redis.hgetall("meeting:meeting-1:state")
+    assert state.pop("claim_id") and int(state.pop("claimed_at")) >= before * 1000
+    assert state == {
+        "mc_id": "mc-test-1", "generation": str(generation), "grpc_endpoint": ADVERTISED,
         "assigned_at": str(mh["assigned_at"])}
     mh2 = json.loads(redis.command("GET", "meeting:meeting-2:mh"))
     assert (mh2["backup_mh_id"], mh2["backup_endpoint"]) == (None, None)
 
     assert mc.service.hosted() == {"meeting-1", "meeting-2"}
-    assert mc.registry.get("meeting-1").generation == 1
     assert mc.count("accepted") == 2
     assert mc.metrics.assignment_duration._sum.get() > 0
 
@@ -183,7 +186,8 @@ async def test_unhealthy_while_redis_is_down_then_accepting_again(redis, make_mc
         redis.start()
     await wait_until(lambda: mc.store.connected, timeout=10, what="Redis to reconnect")
     assert (await mc.call("meeting-1")).accepted
-    assert redis.command("GET", "meeting:meeting-1:generation") == "1"
+    assert redis.command("GET", "meeting:meeting-1:generation") == str(
+        mc.registry.get("meeting-1").generation)
 
 
 @pytest_twisted.ensureDeferred
@@ -266,18 +270,19 @@ async def test_every_validation_failure_is_invalid_argument_and_writes_nothing(r
 async def test_the_same_meeting_twice_keeps_one_slot_and_its_generation(redis, make_mc):
     mc = await make_mc(max_meetings=1)
     assert (await mc.call("meeting-1", [PRIMARY])).accepted
+    first = mc.registry.get("meeting-1").generation
     assert (await mc.call("meeting-1", [BACKUP, PRIMARY])).accepted
-    assert len(mc.registry) == 1 and mc.registry.get("meeting-1").generation == 1
-    assert redis.command("GET", "meeting:meeting-1:generation") == "1"
-    assert redis.hgetall("meeting:meeting-1:state")["generation"] == "1"
+    assert len(mc.registry) == 1 and mc.registry.get("meeting-1").generation == first
+    assert redis.command("GET", "meeting:meeting-1:generation") == str(first)
+    assert redis.hgetall("meeting:meeting-1:state")["generation"] == str(first)
     assert json.loads(redis.command("GET", "meeting:meeting-1:mh"))["primary_mh_id"] == "mh-b"
 
     # Many at once: all join the one accept or re-assert; still one slot.
     responses = await threads.deferToThread(
         _race, [lambda: assign_meeting(mc.target, "meeting-1", MH, TEST_GC_TOKEN)] * 10)
     assert all(r.accepted for r in responses)
-    assert len(mc.registry) == 1 and mc.registry.get("meeting-1").generation == 1
-    assert redis.command("GET", "meeting:meeting-1:generation") == "1"
+    assert len(mc.registry) == 1 and mc.registry.get("meeting-1").generation == first
+    assert redis.command("GET", "meeting:meeting-1:generation") == str(first)
 
 
 def _race(calls):
@@ -313,10 +318,13 @@ async def test_a_second_claim_fences_the_first_mc_out_within_one_interval(
     first = await make_mc(ownership_interval=interval)
     second = await make_mc(store=await make_store(), environ={"MC_ID": "mc-test-2"})
     assert (await first.call("meeting-1")).accepted
+    first_generation = first.registry.get("meeting-1").generation
 
     assert (await second.call("meeting-1")).accepted
     claimed = time.monotonic()
-    assert redis.command("GET", "meeting:meeting-1:generation") == "2"
+    generation = second.registry.get("meeting-1").generation
+    assert generation > first_generation
+    assert redis.command("GET", "meeting:meeting-1:generation") == str(generation)
     await wait_until(lambda: "meeting-1" not in first.service.hosted(), timeout=interval + 1,
                      what="the first MC to drop the meeting")
     assert time.monotonic() - claimed <= interval
@@ -324,7 +332,7 @@ async def test_a_second_claim_fences_the_first_mc_out_within_one_interval(
     assert len(first.registry) == 0
 
     state = redis.hgetall("meeting:meeting-1:state")
-    assert state["mc_id"] == "mc-test-2" and state["generation"] == "2"
+    assert state["mc_id"] == "mc-test-2" and state["generation"] == str(generation)
     await task.deferLater(reactor, 2 * interval, lambda: None)
     assert redis.hgetall("meeting:meeting-1:state") == state
     assert second.service.hosted() == {"meeting-1"}
@@ -342,7 +350,8 @@ async def test_idle_meeting_ends_and_reaches_the_gc(redis, make_mc):
         assert ended.request == pb.NotifyMeetingEndedRequest(meeting_id="meeting-1",
                                                              region="us-east-1")
         assert mc.service.hosted() == frozenset()
-        assert keys(redis) == ["meeting:meeting-1:generation"]
+        assert keys(redis) == ["meeting:meeting-1:generation", "meeting:meeting-1:state"]
+        assert redis.hgetall("meeting:meeting-1:state")["ended"] == "1", "a tombstone"
         assert mc.metrics.meetings_ended.labels("idle")._value.get() == 1
         assert (await mc.call("meeting-2")).accepted  # the slot was freed
     finally:

@@ -15,8 +15,9 @@ from mc.ops.metrics import Metrics
 from mc.ownership import OwnershipService
 from mc.proto import gc_mc_pb2 as pb
 from mc.redis import scripts
+from mc.redis.claims import Claim, claim_call, new_claim_id
 from mc.redis.keys import generation_key, meetings_index_key, state_key
-from mc.redis.store import RedisFencedStore, claim_and_write_call
+from mc.redis.store import KEY_TTL, RedisFencedStore, claim_and_write_call
 from mc.testing.daemon import wait_for
 from mc.testing.doubles import ScriptedGcClient
 from mc.testing.fakegc import assign_meeting
@@ -37,7 +38,8 @@ def index(redis, mc_id):
 
 def claim_as(redis, meeting_id, mc_id):
     """Another MC's accept, through the real script, from a blocking test."""
-    keys, args = claim_and_write_call(meeting_id, mc_id, RECORD, {})
+    keys, values = claim_and_write_call(meeting_id, mc_id, RECORD, {}, new_claim_id())
+    keys, args = claim_call(mc_id, [Claim(meeting_id, keys, values)], 0, 1, KEY_TTL)
     reply = redis.command("EVAL", scripts.CLAIM_AND_WRITE.source, len(keys), *keys, *args)
     assert reply[1][0] == scripts.OK
     return reply[1][1]
@@ -46,13 +48,13 @@ def claim_as(redis, meeting_id, mc_id):
 @pytest_twisted.ensureDeferred
 async def test_the_index_follows_ownership_atomically(redis, make_store):
     store = await make_store()
-    assert await store.claim_and_write("m1", "mc-a", RECORD, {}) == 1
+    await store.claim_and_write("m1", "mc-a", RECORD, {})
     assert index(redis, "mc-a") == ["m1"]
-    assert await store.claim_and_write("m1", "mc-b", RECORD, {}) == 2
+    await store.claim_and_write("m1", "mc-b", RECORD, {})
     assert index(redis, "mc-a") == [] and index(redis, "mc-b") == ["m1"]
-    assert await store.claim_and_write("m1", "mc-b", RECORD, {}) == 3
+    g = await store.claim_and_write("m1", "mc-b", RECORD, {})
     assert index(redis, "mc-b") == ["m1"]
-    assert await store.delete("m1", 3, "mc-b") == 3
+    assert await store.delete("m1", g, "mc-b") == g
     assert index(redis, "mc-b") == []
 
 
@@ -60,10 +62,11 @@ async def test_the_index_follows_ownership_atomically(redis, make_store):
 async def test_recovery_hands_over_only_owned_meetings_before_reporting_connected(
         redis, make_store):
     writer = await make_store()
+    g = {}
     for m in ("m1", "m2", "m3", "m4"):
-        await writer.claim_and_write(m, "mc-a", RECORD, {})
+        g[m] = await writer.claim_and_write(m, "mc-a", RECORD, {})
     await writer.claim_and_write("m2", "mc-b", RECORD, {})  # taken by another MC
-    await writer.claim("m3")  # a claim in flight elsewhere: the generation moved on
+    redis.command("INCR", generation_key("m3"))  # a claim in flight elsewhere: it moved on
     redis.command("SADD", meetings_index_key("mc-a"), "m5")  # no keys at all
     redis.command("SET", "meeting:m4:mh", "not json")
 
@@ -72,7 +75,7 @@ async def test_recovery_hands_over_only_owned_meetings_before_reporting_connecte
     store.recover_on_connect("mc-a", lambda owned: seen.append((owned, store.connected)))
     store.startService()
     await wait_until(lambda: store.connected, timeout=10, what="recovery")
-    assert seen == [([("m1", 1, RECORD)], False)], "handed over before 'connected'"
+    assert seen == [([("m1", g["m1"], RECORD)], False)], "handed over before 'connected'"
     assert index(redis, "mc-a") == ["m1", "m4"], "m4 stays: it is ours, only unreadable"
     assert index(redis, "mc-b") == ["m2"]
     assert redis.hgetall(state_key("m2"))["mc_id"] == "mc-b", "others' keys left alone"
@@ -97,9 +100,10 @@ def test_a_killed_mc_restarted_with_its_id_hosts_its_meetings_again(mc_procs, fa
     wait_for(first.ready, 20, what="first MC ready")
     for m in ("r1", "r2", "r3"):
         assert assign_meeting(first.grpc_target, m, MH, E2E_GC_TOKEN).accepted
+    r1 = redis.command("GET", generation_key("r1"))
     first.signal(signal.SIGKILL)
     wait_for(lambda: not first.alive(), 10, what="SIGKILL")
-    assert claim_as(redis, "r2", "mc-other") == 2  # the GC moved r2 meanwhile
+    r2 = claim_as(redis, "r2", "mc-other")  # the GC moved r2 meanwhile
 
     fake_gc.clear()
     second = mc_procs(env={"MC_MAX_MEETINGS": "3"})
@@ -113,8 +117,8 @@ def test_a_killed_mc_restarted_with_its_id_hosts_its_meetings_again(mc_procs, fa
 
     r = assign_meeting(second.grpc_target, "r1", MH, E2E_GC_TOKEN)
     assert r.accepted
-    assert redis.command("GET", generation_key("r1")) == "1", "re-assignment keeps it"
+    assert redis.command("GET", generation_key("r1")) == r1, "re-assignment keeps it"
     assert redis.hgetall(state_key("r2"))["mc_id"] == "mc-other"
-    assert redis.command("GET", generation_key("r2")) == "2"
+    assert redis.command("GET", generation_key("r2")) == str(r2)
     assert index(redis, "mc-e2e-1") == ["r1", "r3"]
     assert "hosting 2 meetings again" in second.log()

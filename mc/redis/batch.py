@@ -15,17 +15,15 @@ MAX_BATCH = 64
 
 class Batcher:
     """Batches calls of ``script`` over ``connection`` (a RedisConnection).
-    With ``replica_ms`` each call is made durable on a replica (WAIT).
 
     The script replies ``{'ok', {status, value, ...}, ...}``: per meeting in
     order, ``ok`` with the generation, ``fenced`` with the stored one, or
     ``corrupt``."""
 
-    def __init__(self, connection, script, reactor, replica_ms=None):
+    def __init__(self, connection, script, reactor):
         self._connection = connection
         self._script = script
         self._reactor = reactor
-        self._replica_ms = replica_ms
         self._pending = []
         self._call = None
 
@@ -51,11 +49,7 @@ class Batcher:
             return
         keys = [k for _, _, ks, _, _ in batch for k in ks]
         args = [a for _, _, _, as_, _ in batch for a in as_]
-        operation = scripts.evalsha(self._script, keys, args)
-        if self._replica_ms is not None:
-            what = f"meeting {batch[0][0]}" if len(batch) == 1 else f"{len(batch)} meetings"
-            operation = scripts.durable(operation, self._replica_ms, what)
-        d = self._connection.call(operation)
+        d = self._connection.call(scripts.evalsha(self._script, keys, args))
         d.addCallbacks(self._done, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
 
     @staticmethod

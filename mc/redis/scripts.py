@@ -1,6 +1,6 @@
 """The Lua scripts, read once from package data, each with its SHA1, and the
 operations that run them: EVALSHA (loading a script Redis forgot) and WAIT
-(a claim made durable on a replica).
+(a claim made durable on the replicas required).
 
 Every script is ``lua/_fence.lua`` (the fencing rule and the reply convention)
 followed by its own file, so the rule is written once; the SHA1 is of that
@@ -16,7 +16,7 @@ from importlib.resources import files
 import txredisapi
 from twisted.logger import Logger
 
-from mc.errors import StoreUnavailable
+from mc.errors import ReplicasShort
 
 _PRELUDE = "_fence.lua"
 
@@ -24,6 +24,9 @@ _PRELUDE = "_fence.lua"
 OK = "ok"
 FENCED = "fenced"
 CORRUPT = "corrupt"
+LATE = "late"
+STALE = "stale"
+NOREPLICAS = "noreplicas"
 
 log = Logger(namespace="mc.redis.scripts")
 
@@ -42,8 +45,8 @@ def _load(name, prelude):
 
 _prelude = files("mc.redis").joinpath("lua", _PRELUDE).read_text("utf-8")
 
-CLAIM = _load("claim", _prelude)
 CLAIM_AND_WRITE = _load("claim_and_write", _prelude)
+CONFIRM = _load("confirm", _prelude)
 REASSERT = _load("reassert", _prelude)
 WRITE_ASSIGNMENT = _load("write_assignment", _prelude)
 WRITE_STATE = _load("write_state", _prelude)
@@ -52,7 +55,7 @@ RECOVER = _load("recover", _prelude)
 NEWS = _load("news", _prelude)
 FORGET_NEWS = _load("forget_news", _prelude)
 
-ALL = (CLAIM, CLAIM_AND_WRITE, REASSERT, WRITE_ASSIGNMENT, WRITE_STATE, DELETE, RECOVER, NEWS,
+ALL = (CLAIM_AND_WRITE, CONFIRM, REASSERT, WRITE_ASSIGNMENT, WRITE_STATE, DELETE, RECOVER, NEWS,
        FORGET_NEWS)
 
 
@@ -73,24 +76,13 @@ def evalsha(script, keys, args):
     return run
 
 
-def durable(operation, replica_ms, what):
-    """``operation`` (a claim, replying ``{'ok', result, replicas}``)
-    followed, when the primary has replicas, by ``WAIT 1`` on the same
-    connection: a claim that no replica holds could vanish in a failover and
-    its generation be handed out again, so it counts as failed."""
-    def run(conn):
-        return operation(conn).addCallback(wait, conn)
+def wait_replicas(conn, acks, replica_ms, what):
+    """``WAIT acks replica_ms`` on ``conn``: every write made on it so far
+    reached ``acks`` replicas, or ReplicasShort."""
+    def acknowledged(replicas):
+        if int(replicas) < acks:
+            raise ReplicasShort(f"{what} reached {int(replicas)} of the {acks} replicas "
+                                f"required within {replica_ms} ms")
+        return int(replicas)
 
-    def wait(reply, conn):
-        if reply[0] != OK or int(reply[2]) == 0:
-            return reply
-        d = conn.execute_command("WAIT", 1, replica_ms)
-        return d.addCallback(acknowledged, reply)
-
-    def acknowledged(replicas, reply):
-        if int(replicas) < 1:
-            raise StoreUnavailable(f"the claim of {what} reached no replica within "
-                                   f"{replica_ms} ms")
-        return reply
-
-    return run
+    return conn.execute_command("WAIT", acks, replica_ms).addCallback(acknowledged)

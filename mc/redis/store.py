@@ -2,8 +2,9 @@
 in Lua by generation and owner.
 
 Thin on purpose: the connection (connection.py) decides up and down, the
-scripts (scripts.py, lua/) hold the rules, and claims and re-assertions that
-arrive in one reactor turn go to Redis as one script call each (batch.py).
+scripts (scripts.py, lua/) hold the rules, claims go through claims.py (one
+call per reactor turn, durable before they count, read back when their
+outcome is unknown) and re-assertions and state writes through batch.py.
 """
 
 import json
@@ -17,8 +18,9 @@ from zope.interface import implementer
 
 from mc.errors import CorruptGeneration, FencedOut, StoreError, StoreUnavailable
 from mc.interfaces import IFencedStore
-from mc.redis import scripts
+from mc.redis import requirements, scripts
 from mc.redis.batch import Batcher
+from mc.redis.claims import Claim, ClaimBatcher, new_claim_id
 from mc.redis.connection import PROBE_MAX_PERIOD, RedisConnection
 from mc.redis.keys import (
     generation_key,
@@ -28,23 +30,39 @@ from mc.redis.keys import (
     mh_key,
     state_key,
 )
+from mc.redis.marker import Marker
 
 #: The contract's ``meeting:<id>:mh`` fields, no more and no fewer.
 ASSIGNMENT_FIELDS = frozenset(
     ("primary_mh_id", "primary_endpoint", "backup_mh_id", "backup_endpoint", "assigned_at")
 )
 
-# What the Lua scripts accept as a generation (see lua/_fence.lua).
-_GENERATION_RE = re.compile(r"0|[1-9][0-9]{0,14}")
+#: State hash fields the scripts write themselves.
+_RESERVED = ("mc_id", "generation", "claimed_at", "claim_id", "pending", "prev_mc_id", "ended")
+
+# What the Lua scripts accept as a generation (see lua/_fence.lua): exact as
+# a Lua number (a double), below 2^53.
+_GENERATION_RE = re.compile(r"0|[1-9][0-9]{0,15}")
+MAX_GENERATION = 2**53 - 1
+
+
+def _is_generation(text):
+    return bool(_GENERATION_RE.fullmatch(text)) and int(text) <= MAX_GENERATION
 
 #: Index entries a step of the start-up recovery looks at (lua/recover.lua).
 RECOVERY_STEP = 500
+#: Seconds an MC's own keys (index, news, marker) live without a read
+#: refreshing them, and an ended meeting's tombstone and generation key.
+KEY_TTL = 86400
+#: After replicas fell short, seconds of enough online replicas before the
+#: store counts as available again: a lagging replica does not make health flap.
+REPLICAS_HOLD = 5.0
 
 
 def _check_generation(generation):
     if isinstance(generation, bool) or not isinstance(generation, int) or generation < 1:
         raise ValueError(f"generation must be a positive int, not {generation!r}")
-    if not _GENERATION_RE.fullmatch(str(generation)):
+    if not _is_generation(str(generation)):
         raise ValueError(f"generation {generation} is out of range")
     return str(generation)
 
@@ -60,20 +78,22 @@ def _field_args(fields, reserved):
     return args
 
 
-def claim_and_write_call(meeting_id, mc_id, assignment, state):
-    """The keys and arguments that one meeting adds to a CLAIM_AND_WRITE call
+def claim_and_write_call(meeting_id, mc_id, assignment, state, claim_id, not_after=0,
+                         issued=0):
+    """The keys and values that one meeting adds to a CLAIM_AND_WRITE call
     (see lua/claim_and_write.lua); a call of one meeting is a batch of one."""
-    values = [_assignment_json(assignment), meeting_id, "mc_id", mc_id]
-    values += _field_args(state, ("mc_id", "generation"))
+    values = [_assignment_json(assignment), meeting_id, claim_id, str(not_after), str(issued),
+              "mc_id", mc_id]
+    values += _field_args(state, _RESERVED)
     keys = [generation_key(meeting_id), mh_key(meeting_id), state_key(meeting_id),
             meetings_index_key(mc_id)]
-    return keys, [len(values), *values]
+    return keys, values
 
 
 def reassert_call(meeting_id, generation, mc_id, assignment, state):
     """The keys and arguments that one meeting adds to a REASSERT call."""
     values = [_check_generation(generation), _assignment_json(assignment), meeting_id,
-              "mc_id", mc_id, *_field_args(state, ("mc_id", "generation"))]
+              "mc_id", mc_id, *_field_args(state, _RESERVED)]
     keys = [generation_key(meeting_id), mh_key(meeting_id), state_key(meeting_id),
             meetings_index_key(mc_id)]
     return keys, [len(values), *values]
@@ -81,8 +101,7 @@ def reassert_call(meeting_id, generation, mc_id, assignment, state):
 
 def write_state_call(meeting_id, generation, mc_id, fields):
     """The keys and arguments that one meeting adds to a WRITE_STATE call."""
-    values = [_check_generation(generation), mc_id,
-              *_field_args(fields, ("mc_id", "generation"))]
+    values = [_check_generation(generation), mc_id, *_field_args(fields, _RESERVED)]
     return [generation_key(meeting_id), state_key(meeting_id)], [len(values), *values]
 
 
@@ -96,27 +115,35 @@ def _assignment_json(assignment):
 class RedisFencedStore(Service):
     """The meeting keys in the fleet's Redis.
 
-    While Redis is down (no connection, or not answering) every operation
-    fails at once with StoreUnavailable, and every operation is bounded by
-    ``reply_timeout`` as a whole. ``probe_every()``: seconds between two
-    liveness probes.
+    While Redis is down (no connection, or not answering), or the replicas
+    a claim needs fell short, every operation fails at once with
+    StoreUnavailable, and every operation is bounded by ``reply_timeout``
+    as a whole. ``replica_acks``: online replicas that must acknowledge a
+    claim; ``probe_every()``: seconds between two liveness probes.
     """
 
     log = Logger()
 
-    def __init__(self, target, reactor, reply_timeout=5.0, pool_size=4, connect_timeout=5.0,
-                 replica_timeout=1.0, probe_every=lambda: PROBE_MAX_PERIOD):
+    def __init__(self, target, reactor, reply_timeout=3.0, pool_size=4, connect_timeout=5.0,
+                 replica_timeout=1.0, probe_every=lambda: PROBE_MAX_PERIOD, replica_acks=0):
         self._redis = RedisConnection(target, reactor, reply_timeout, pool_size,
                                       connect_timeout, probe_every)
         self._redis.on_change(self._redis_changed)
         self._reactor = reactor
-        self._replica_ms = max(1, int(replica_timeout * 1000))
-        self._claims = Batcher(self._redis, scripts.CLAIM_AND_WRITE, reactor, self._replica_ms)
+        self._reply_timeout = reply_timeout
+        self._markers: dict[str, Marker] = {}  # per mc_id (one, but for tests)
+        self._offset_ms = None  # Redis's clock minus ours, from the last news read
+        self._short_since = None  # when replicas last fell short, while they count as short
+        self._claims = ClaimBatcher(self._redis, reactor, self._marker, replica_acks,
+                                    max(1, int(replica_timeout * 1000)), KEY_TTL,
+                                    self._replicas_short)
         self._reasserts = Batcher(self._redis, scripts.REASSERT, reactor)
         self._state_writes = Batcher(self._redis, scripts.WRITE_STATE, reactor)
+        self._replica_acks = replica_acks
         self._recovery = None  # (mc_id, host) until the start-up recovery is done
         self._recovering = False
         self._recovery_retry = None
+        self._checked = False
         self._was_connected = False
         self._observers = []
 
@@ -125,7 +152,13 @@ class RedisFencedStore(Service):
 
     @property
     def connected(self):
-        """Redis is up and answering, and the start-up recovery (if any) is done."""
+        """Redis is up and answering, the replicas a claim needs are there,
+        and the start-up recovery (if any) is done."""
+        return self.reachable and self._short_since is None
+
+    @property
+    def reachable(self):
+        """Redis is up and answering and the start-up recovery is done."""
         return self._redis.up and self._recovery is None
 
     def on_change(self, observer):
@@ -163,6 +196,9 @@ class RedisFencedStore(Service):
         return self._redis.stop()
 
     def _redis_changed(self, up):
+        if up and not self._checked:
+            self._checked = True
+            defer.ensureDeferred(requirements.check(self._redis.run, self._redis.target))
         if up and self._recovery is not None and not self._recovering:
             self._recover()
         self._tell()
@@ -178,6 +214,32 @@ class RedisFencedStore(Service):
             except Exception:
                 self.log.failure("store observer failed")
 
+    def _marker(self, mc_id):
+        marker = self._markers.get(mc_id)
+        if marker is None:
+            marker = self._markers[mc_id] = Marker(self._reactor)
+        return marker
+
+    def _replicas_short(self, short):
+        """The claim path found the replicas short (or enough)."""
+        if short:
+            if self._short_since is None:
+                self.log.warn("Redis {target}: fewer replicas than a claim needs "
+                              "({acks}); unavailable until they are back",
+                              target=str(self._redis.target), acks=self._replica_acks)
+            self._short_since = self._reactor.seconds()
+        else:
+            self._short_since = None
+        self._tell()
+
+    def _replicas_online(self, online):
+        """A news read counted ``online`` replicas."""
+        if online < self._replica_acks:
+            self._replicas_short(True)
+        elif (self._short_since is not None
+              and self._reactor.seconds() - self._short_since >= REPLICAS_HOLD):
+            self._replicas_short(False)
+
     def _recover(self):
         mc_id, host = self._recovery
         self._recovering = True
@@ -189,11 +251,13 @@ class RedisFencedStore(Service):
         """The meetings ``mc_id`` still owns, read in short steps."""
         keys = [meetings_index_key(mc_id), lost_key(mc_id), marker_key(mc_id)]
         owned, cursor = {}, "0"
+        marker = self._marker(mc_id).next()
         while True:
-            reply = await self._redis.run(
-                scripts.evalsha(scripts.RECOVER, keys, [mc_id, cursor, RECOVERY_STEP]))
+            reply = await self._redis.run(scripts.evalsha(
+                scripts.RECOVER, keys, [mc_id, cursor, RECOVERY_STEP, marker, KEY_TTL]))
             if reply[0] != scripts.OK:
                 raise StoreError(f"recovery of {mc_id}: unexpected script reply {reply[0]!r}")
+            self._marker(mc_id).acked(marker)
             cursor, flat = reply[1], reply[2]
             for meeting_id, generation, mh in zip(flat[::3], flat[1::3], flat[2::3],
                                                   strict=True):
@@ -237,13 +301,21 @@ class RedisFencedStore(Service):
     def ping(self):
         return self._redis.call(lambda conn: conn.ping())
 
-    def claim(self, meeting_id):
-        return self._eval(scripts.CLAIM, meeting_id, None, [generation_key(meeting_id)], [],
-                          durable=True)
+    def claim_and_write(self, meeting_id, mc_id, assignment, state, issued_at=None):
+        """``issued_at``: when (our clock) the assignment arrived: a claim
+        reaching Redis after another MC's claim made since changes nothing."""
+        now = self._reactor.seconds()
+        deadline = now + self._reply_timeout
+        keys, values = claim_and_write_call(
+            meeting_id, mc_id, assignment, state, new_claim_id(), self._redis_ms(deadline),
+            self._redis_ms(issued_at))
+        return self._claims.add(mc_id, Claim(meeting_id, keys, values), deadline)
 
-    def claim_and_write(self, meeting_id, mc_id, assignment, state):
-        keys, args = claim_and_write_call(meeting_id, mc_id, assignment, state)
-        return self._claims.add(meeting_id, None, keys, args)
+    def _redis_ms(self, seconds):
+        """Our time ``seconds`` in Redis's clock (ms), or 0 while unknown."""
+        if seconds is None or self._offset_ms is None:
+            return 0
+        return max(1, int(seconds * 1000) + self._offset_ms)
 
     def reassert(self, meeting_id, generation, mc_id, assignment, state):
         keys, args = reassert_call(meeting_id, generation, mc_id, assignment, state)
@@ -259,7 +331,7 @@ class RedisFencedStore(Service):
         return self._state_writes.add(meeting_id, generation, keys, args)
 
     def delete(self, meeting_id, generation, mc_id):
-        args = [_check_generation(generation), mc_id, meeting_id]
+        args = [_check_generation(generation), mc_id, meeting_id, KEY_TTL]
         keys = [generation_key(meeting_id), mh_key(meeting_id), state_key(meeting_id)]
         return self._eval(scripts.DELETE, meeting_id, generation, keys, args)
 
@@ -267,7 +339,7 @@ class RedisFencedStore(Service):
         def parse(value):
             if value is None:
                 return None
-            if not _GENERATION_RE.fullmatch(value):
+            if not _is_generation(value):
                 raise CorruptGeneration(meeting_id)
             return int(value)
 
@@ -287,38 +359,37 @@ class RedisFencedStore(Service):
         return d.addCallback(parse)
 
     def news(self, mc_id):
-        keys = [lost_key(mc_id), marker_key(mc_id)]
-        d = self._redis.call(scripts.evalsha(scripts.NEWS, keys, []))
-        return d.addCallback(self._news, mc_id)
+        keys = [lost_key(mc_id), marker_key(mc_id), meetings_index_key(mc_id)]
+        marker = self._marker(mc_id).next()
+        d = self._redis.call(scripts.evalsha(scripts.NEWS, keys, [marker, KEY_TTL]))
+        return d.addCallback(self._news, mc_id, marker)
 
-    def _news(self, reply, mc_id):
+    def _news(self, reply, mc_id, marker):
         if reply[0] != scripts.OK:
             raise StoreError(f"news of {mc_id}: unexpected script reply {reply[0]!r}")
+        intact = self._marker(mc_id).intact(reply[1])
+        self._marker(mc_id).acked(marker)
+        self._offset_ms = int(reply[3]) - int(self._reactor.seconds() * 1000)
+        self._replicas_online(int(reply[4]))
         flat = reply[2]
         lost = []
         for meeting_id, generation in zip(flat[::2], flat[1::2], strict=True):
-            if _GENERATION_RE.fullmatch(generation):
+            if _is_generation(generation):
                 lost.append((meeting_id, int(generation)))
             else:
                 self.log.warn("news of {mc_id}: meeting {meeting_id} lost at a generation that "
                               "is not an integer; ignored", mc_id=mc_id, meeting_id=meeting_id)
-        return bool(int(reply[1])), lost
+        return intact, lost
 
     def forget_news(self, mc_id, lost):
         args = [str(a) for pair in lost for a in pair]
         d = self._redis.call(scripts.evalsha(scripts.FORGET_NEWS, [lost_key(mc_id)], args))
         return d.addCallback(lambda reply: int(reply[1]))
 
-    def mark(self, mc_id):
-        return self._redis.call(lambda conn: conn.set(marker_key(mc_id), "1"))
-
     # The plumbing
 
-    def _eval(self, script, meeting_id, generation, keys, args, durable=False):
-        operation = scripts.evalsha(script, keys, args)
-        if durable:
-            operation = scripts.durable(operation, self._replica_ms, f"meeting {meeting_id}")
-        d = self._redis.call(operation)
+    def _eval(self, script, meeting_id, generation, keys, args):
+        d = self._redis.call(scripts.evalsha(script, keys, args))
         return d.addCallback(self._verdict, meeting_id, generation)
 
     @staticmethod

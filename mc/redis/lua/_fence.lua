@@ -10,16 +10,17 @@
 -- and changes nothing unless the status is 'ok'.
 
 local CORRUPT = {}
+local MAX_GENERATION = 9007199254740991  -- 2^53 - 1
 
--- nil for a missing key, CORRUPT for anything but a canonical decimal of at
--- most 15 digits (Lua numbers are doubles: exact only below 2^53), else the number.
+-- nil for a missing key, CORRUPT for anything but a canonical decimal below
+-- 2^53 (Lua numbers are doubles: exact only up to there), else the number.
 local function stored_generation(key)
   local v = redis.pcall('GET', key)
   if v == false then
     return nil
   end
-  if type(v) ~= 'string' or #v > 15
-      or not (v == '0' or string.match(v, '^[1-9]%d*$')) then
+  if type(v) ~= 'string' or #v > 16
+      or not (v == '0' or string.match(v, '^[1-9]%d*$')) or tonumber(v) > MAX_GENERATION then
     return CORRUPT
   end
   return tonumber(v)
@@ -79,23 +80,57 @@ local function unindex(state_key, meeting_id)
   end
 end
 
--- `claimer` takes the meeting at `generation`: it leaves the previous owner's
--- index, and a previous owner that is another MC is told, in its hash of lost
--- meetings (read once per interval) and on its channel (heard at once).
-local function take_over(state_key, meeting_id, claimer, generation)
-  local owner = redis.call('HGET', state_key, 'mc_id')
-  if owner then
-    redis.call('SREM', index_key(owner), meeting_id)
-    if owner ~= claimer then
-      redis.call('HSET', lost_key(owner), meeting_id, generation)
-      redis.call('PUBLISH', lost_key(owner), meeting_id)
-    end
-  end
+-- Redis's clock: milliseconds and microseconds.
+local function now()
+  local t = redis.call('TIME')
+  local s, us = tonumber(t[1]), tonumber(t[2])
+  return s * 1000 + math.floor(us / 1000), s * 1000000 + us
 end
 
--- Replicas connected to this primary: a claim answered with more than none is
--- made durable on one of them (WAIT, which cannot run in a script) by the store.
-local function replicas()
+-- A claim's generation, as a decimal string (redis.call would print a Lua
+-- number with 14 digits): above the stored one and at least Redis's clock in
+-- microseconds, so it is above every generation handed out before even when
+-- the stored one went back (a restart from an older snapshot, a failover
+-- that lost writes, an evicted key): "highest wins" is enough, and none
+-- repeats unless Redis's clock goes back. No script runs in under a
+-- microsecond, so stored + 1 never runs ahead of the clock.
+local function next_generation(stored, now_us)
+  local g = now_us
+  if stored ~= nil and stored >= now_us then
+    g = stored + 1
+  end
+  return string.format('%.0f', g)
+end
+
+-- Replicas that are online (a replica still in its initial sync counts as
+-- connected but acknowledges nothing): what WAIT can count on.
+local function online_replicas()
   local info = redis.call('INFO', 'replication')
-  return tonumber(string.match(info, 'connected_slaves:(%d+)')) or 0
+  local n = 0
+  for _ in string.gmatch(info, 'slave%d+:[^\r\n]*state=online') do
+    n = n + 1
+  end
+  return n
+end
+
+-- `owner` lost the meeting to a claim at `generation`: it leaves the owner's
+-- index, and the owner is told in its hash of lost meetings (read at every
+-- ownership check) and on its channel (heard at once).
+local function tell(owner, meeting_id, generation)
+  redis.call('SREM', index_key(owner), meeting_id)
+  redis.call('HSET', lost_key(owner), meeting_id, generation)
+  redis.call('PUBLISH', lost_key(owner), meeting_id)
+end
+
+-- An MC's marker only grows: each reply that carries a value acknowledges
+-- it, and a marker found below an acknowledged value (or gone) means Redis
+-- lost writes (a rollback) or all its data.
+local function raise_marker(key, value, ttl)
+  local old = redis.call('GET', key)
+  if not old or tonumber(old) == nil or tonumber(old) < tonumber(value) then
+    redis.call('SET', key, value, 'EX', ttl)
+  else
+    redis.call('EXPIRE', key, ttl)
+  end
+  return old
 end
