@@ -15,6 +15,9 @@ from twisted.logger import Logger
 #: Ownership reads per lease bound: a lease survives three lost or late
 #: reads in a row.
 READS_PER_BOUND = 4
+#: The longest bound taken from the GC's fast interval: well below the GC's
+#: 30 s staleness, after which it places an MC's meetings elsewhere.
+MAX_DEFAULT_BOUND = 20.0
 
 
 class Lease:

@@ -15,7 +15,7 @@ from mc.gc.gcclient import GrpcGcClient
 from mc.gc.grpcserver import GrpcServerService, ServerTls
 from mc.gc.liaison import GcLiaison
 from mc.joining import JoinService
-from mc.lease import Lease
+from mc.lease import MAX_DEFAULT_BOUND, Lease
 from mc.meetings import MeetingRegistry
 from mc.mh.client import GrpcMhClient
 from mc.mh.coordination import MediaCoordination
@@ -98,7 +98,7 @@ def build_tree(config, reactor):
     # Hosting holds while Redis confirms ownership within the lease bound:
     # the GC's fast interval unless set, below the GC's 30 s staleness.
     root.lease = lease = Lease(
-        reactor, lambda: config.ownership_lease or liaison.fast_interval)
+        reactor, lambda: config.ownership_lease or min(liaison.fast_interval, MAX_DEFAULT_BOUND))
     root.health = health = Health(lambda: store.connected, config.lag_threshold,
                                   hosting=lambda: lease.valid)
     lease.on_change(lambda valid: health.check())

@@ -1,6 +1,7 @@
 """The tests' own TCP fault proxy in front of a real redis-server: each
 fault does what the fault tests rely on."""
 
+import select
 import socket
 import time
 
@@ -38,10 +39,30 @@ def test_pass_and_a_dropped_reply(proxy, redis):
     c = Client(proxy.port)
     assert c.call("SET", "k", "1") == "OK"
     proxy.drop_replies(lambda args: args[0].upper() == b"INCR")
-    c.send("INCR", "k")  # runs in Redis; its reply never arrives
-    assert c.call("GET", "k") == "2", "the next reply is the GET's"
-    assert proxy.dropped == 1
-    assert c.call("INCR", "k") == 3, "only one reply dropped"
+    c.send("GET", "k")
+    c.send("INCR", "k")  # runs in Redis; its reply never arrives, the connection is cut
+    assert _read_reply(c.file) == "1", "what came before the lost reply arrives"
+    with pytest.raises(ConnectionError):
+        _read_reply(c.file)
+    assert proxy.dropped == 1 and redis.command("GET", "k") == "2"
+    again = Client(proxy.port)
+    assert again.call("INCR", "k") == 3, "only one reply dropped"
+    again.close()
+    c.close()
+
+
+def test_a_held_reply_waits_for_release_and_the_stream_stays_in_order(proxy, redis):
+    c = Client(proxy.port)
+    proxy.hold_replies(lambda args: args[0].upper() == b"INCR")
+    c.send("INCR", "h")
+    c.send("GET", "h")
+    assert select.select([c.sock], [], [], 0.3)[0] == [], "nothing arrives"
+    assert redis.command("GET", "h") == "1", "it ran; its reply waits"
+    proxy.release()
+    assert _read_reply(c.file) == 1 and _read_reply(c.file) == "1"
+    proxy.drop_replies(lambda args: args[0].upper() == b"GET")
+    c.send("INCR", "h")  # counted in order after the release: not held, not dropped
+    assert _read_reply(c.file) == 2
     c.close()
 
 

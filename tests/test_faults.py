@@ -90,7 +90,9 @@ def durable_redis():
 
 
 def test_redis_killed_during_assignments_then_restarted(mc_procs, fake_gc, durable_redis):
-    mc = mc_procs(redis_url=durable_redis.url)
+    # A claim in flight at the kill is read back within 2 x 1 s, inside the
+    # stream's 3 s call deadline: every outcome is seen.
+    mc = mc_procs(redis_url=durable_redis.url, env={"MC_REDIS_TIMEOUT_SECONDS": "1"})
     wait_for(mc.ready, 20, what="MC ready")
     with Stream(mc.grpc_target) as stream:
         wait_for(lambda: stream.count(accepted) >= 10, 10, what="accepts before the kill")

@@ -4,9 +4,10 @@ the store on the real reactor."""
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import reactor, task
 from twisted.internet.task import deferLater
 
+from mc.errors import ReplicasShort
 from mc.testing.daemon import wait_for
 from mc.testing.faultproxy import FaultProxy
 from mc.testing.redisproc import RedisProcess
@@ -64,17 +65,20 @@ async def test_the_probe_is_not_queued_behind_a_wait(make_store):
     try:
         wait_for(lambda: link_up(replica, primary), 10, what="replication")
         store = await make_store(primary.url, replica_timeout=1.5, pool_size=1,
-                                 probe_every=lambda: 0.1)
-        flips = []
-        store.on_change(flips.append)
+                                 probe_every=lambda: 0.1, replica_acks=1)
+        unreachable = []
+        sampler = task.LoopingCall(lambda: store.reachable or unreachable.append(1))
+        sampler.start(0.02)
         replica.pause()  # WAIT blocks the one pooled connection for 1.5 s each time
         try:
             for n in range(2):
-                with pytest.raises(Exception):  # noqa: B017 - any failure: what counts is below
+                with pytest.raises(ReplicasShort):
                     await store.claim_and_write(f"w{n}", "mc-a", RECORD, {})
         finally:
             replica.resume()
-        assert flips == [], "the probe answered on its own connection all along"
+            sampler.stop()
+        assert not unreachable, "the probe answered on its own connection all along"
+        assert not store.connected, "replicas short: unavailable for claims (and health)"
     finally:
         replica.cleanup()
         primary.cleanup()

@@ -103,7 +103,8 @@ async def test_starts_in_order_serves_and_stops_in_reverse(redis, gc):
             assign_meeting, target, "tree-meeting-1",
             [("mh-1", "https://mh.example:4433", "")], TEST_GC_TOKEN)
         assert r.accepted
-        assert redis.command("GET", "meeting:tree-meeting-1:generation") == "1"
+        assert redis.command("GET", "meeting:tree-meeting-1:generation") == str(
+            root.registry.get("tree-meeting-1").generation)
     finally:
         del events[:]
         await root.stopService()

@@ -70,7 +70,7 @@ def test_help_from_a_plain_install(plain_install, tmp_path):
                            capture_output=True, text=True, env=env)
     assert where.returncode == 0, where.stderr
     assert all(line.startswith(str(target)) for line in where.stdout.split()), where.stdout
-    assert (target / "mc" / "redis" / "lua" / "claim.lua").is_file()
+    assert (target / "mc" / "redis" / "lua" / "claim_and_write.lua").is_file()
     assert (target / "mc" / "proto" / "gc_mc_pb2.py").is_file()
     assert not (target / "twisted" / "plugins" / "__init__.py").exists()
     r = run_twistd(str(python), ["mc", "--help"], cwd=tmp_path, env=env)

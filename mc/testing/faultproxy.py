@@ -3,8 +3,12 @@ tests: ``pass`` (forward), ``blackhole`` (packets vanish: connections and
 new ones stay open, nothing crosses; what was sent is delivered when the
 path heals, as TCP's retransmissions would), ``reset`` (every connection,
 and each new one, gets a RST), ``delay`` (each chunk crosses ``seconds``
-late), and ``drop_replies`` (Redis runs a matching command but its reply
-never reaches the client: a lost reply).
+late), ``hold_replies`` (a matching command's reply, and what follows it on
+its connection, waits for ``release``: a command kept in flight), and
+``drop_replies`` (Redis runs a matching command but its reply
+never reaches the client: the connection is cut (RST) where the reply would
+have crossed, as when a path or a host dies just then; a reply cannot
+vanish from a TCP stream that goes on).
 
 One thread with a selector, standard library only. The RESP streams are
 parsed in both directions so that the n-th reply is known to answer the
@@ -59,6 +63,8 @@ class _Side:
         self.src, self.dst = src, dst
         self.parse_buf = bytearray()
         self.out = []  # [(due, bytes)]
+        self.held = None  # the held reply, until release()
+        self.after_held = bytearray()  # what arrived after it, not parsed yet
 
 
 class _Pair:
@@ -69,6 +75,7 @@ class _Pair:
         self.commands = 0  # commands parsed so far
         self.replies = 0  # replies parsed so far
         self.dropped = set()  # indexes of commands whose reply is dropped
+        self.holding = set()  # indexes of commands whose reply is held
 
 
 class FaultProxy:
@@ -82,7 +89,9 @@ class FaultProxy:
         self._mode = PASS
         self._delay = 0.0
         self._drop = None  # (predicate(args), remaining count)
+        self._hold = None  # predicate(args) of the replies to hold
         self.dropped = 0  # replies dropped so far
+        self.held = 0  # replies held so far
         self._pairs = []
         self._lock = threading.Lock()
         self._selector = selectors.DefaultSelector()
@@ -90,6 +99,7 @@ class FaultProxy:
         self._wake_r, self._wake_w = socket.socketpair()
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._stopping = False
+        self._release = False
         self._thread = threading.Thread(target=self._thd_run, name="fault-proxy", daemon=True)
         self._thread.start()
 
@@ -115,9 +125,25 @@ class FaultProxy:
 
     def drop_replies(self, predicate, count=1):
         """Drop the replies to the next ``count`` commands for which
-        ``predicate(args)`` (the command's arguments as bytes) is true."""
+        ``predicate(args)`` (the command's arguments as bytes) is true, and
+        cut their connections there."""
         with self._lock:
             self._drop = (predicate, count)
+        self._wake()
+
+    def hold_replies(self, predicate):
+        """Hold the replies to commands for which ``predicate(args)`` is
+        true (and everything after them on their connections) until
+        ``release``."""
+        with self._lock:
+            self._hold = predicate
+        self._wake()
+
+    def release(self):
+        """Deliver every held reply; hold no more."""
+        with self._lock:
+            self._hold = None
+            self._release = True
         self._wake()
 
     @property
@@ -159,6 +185,16 @@ class FaultProxy:
                     self._thd_read(pair, side)
             with self._lock:
                 mode = self._mode
+                release, self._release = self._release, False
+            if release:
+                for pair in list(self._pairs):
+                    side = pair.down
+                    if side.held is not None:
+                        side.out.append((time.monotonic(), bytes(side.held)))
+                        side.held = None
+                        rest, side.after_held = bytes(side.after_held), bytearray()
+                        if rest:
+                            self._thd_forward(pair, side, rest)
             if mode == RESET:
                 for pair in list(self._pairs):
                     self._thd_close(pair, rst=True)
@@ -200,14 +236,26 @@ class FaultProxy:
         if not data:
             self._thd_close(pair)
             return
-        data = self._thd_filter(pair, side, data)
+        if side.held is not None:
+            side.after_held += data
+            return
+        self._thd_forward(pair, side, data)
+
+    def _thd_forward(self, pair, side, data):
+        data, cut = self._thd_filter(pair, side, data)
+        if cut:
+            self._thd_flush(pair, PASS)  # what came before the lost reply
+            self._thd_close(pair, rst=True)
+            return
         if data:
             with self._lock:
                 delay = self._delay if self._mode == DELAY else 0.0
             side.out.append((time.monotonic() + delay, data))
 
     def _thd_filter(self, pair, side, data):
-        """Parse whole RESP values; count commands, drop matching replies."""
+        """Parse whole RESP values; count commands, drop matching replies.
+        Returns the bytes to forward and whether a reply was dropped (the
+        connection is cut after what comes before it)."""
         side.parse_buf += data
         kept = bytearray()
         pos = 0
@@ -226,14 +274,25 @@ class FaultProxy:
                 if index in pair.dropped:
                     pair.dropped.discard(index)
                     self.dropped += 1
-                else:
-                    kept += chunk
+                    if kept:
+                        side.out.append((time.monotonic(), bytes(kept)))
+                    return b"", True
+                if index in pair.holding:
+                    pair.holding.discard(index)
+                    self.held += 1
+                    side.held = bytes(chunk)
+                    side.after_held = bytearray(side.parse_buf[pos:])
+                    side.parse_buf.clear()
+                    return bytes(kept), False
+                kept += chunk
         del side.parse_buf[:pos]
-        return bytes(kept)
+        return bytes(kept), False
 
     def _thd_command(self, pair, value):
         index, pair.commands = pair.commands, pair.commands + 1
         with self._lock:
+            if self._hold is not None and isinstance(value, list) and self._hold(value):
+                pair.holding.add(index)
             drop = self._drop
             if drop is None or not isinstance(value, list) or not drop[0](value):
                 return
