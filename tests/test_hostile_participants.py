@@ -17,7 +17,7 @@ from mc.proto import signaling_pb2 as pb
 from mc.testing import hostile
 from mc.testing.daemon import wait_for
 from mc.testing.participant import Participant, SyncParticipant, frame, join_request
-from mc.testing.wtclient import connect
+from mc.testing.wtclient import WebTransportClient, connect
 from tests.test_participants import UNAUTHORIZED, assignable, error_of, join
 
 #: What one attacking connection may cost the MC (RSS): its receive window
@@ -255,3 +255,52 @@ def test_nbf_and_the_token_lifetime_are_enforced(mc_procs, fake_gc, loop, ahead,
     refused = join(loop, fake_gc, "h-6", "Early", **claims)
     assert refused.joined is None and error_of(refused.p) == UNAUTHORIZED
     assert mc.metric("mc_participants_current") == 0.0
+
+
+# --- the late Retry -----------------------------------------------------------------
+
+class HoldsRetries(WebTransportClient):
+    """A client whose network delays the server's Retry until ``release``;
+    ``made`` lists every one made."""
+
+    made = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.held = []
+        self.released = False
+        self.made.append(self)
+
+    def datagram_received(self, data, addr):
+        if not self.released and data[0] & 0xF0 == 0xF0:  # a long header: Retry (v1)
+            self.held.append((data, addr))
+            return
+        super().datagram_received(data, addr)
+
+    def release(self):
+        self.released = True
+        for data, addr in self.held:
+            super().datagram_received(data, addr)
+
+
+def test_a_retry_answered_after_the_load_fell_gets_in(mc_procs, fake_gc, loop):
+    mc = mc_procs(env={"MC_MAX_PENDING_SESSIONS": "2"})
+    assignable(fake_gc, mc)
+    placed = fake_gc.join("h-7", "user-Ann")
+
+    async def late_retry():
+        ann = await Participant.open(mc.wt_url)  # pending: half the cap, retries from now on
+        late = asyncio.get_running_loop().create_task(
+            connect("127.0.0.1", mc.wt_port, protocol=HoldsRetries, timeout=10))
+        while not HoldsRetries.made or not HoldsRetries.made[-1].held:
+            await asyncio.sleep(0.01)  # the Retry arrives (the run's timeout bounds this)
+        late_client = HoldsRetries.made[-1]
+        ann.send(join_request("h-7", placed.token, "Ann"))
+        assert (await ann.next()).HasField("join_response")  # the load fell below half
+        late_client.release()
+        client = await late
+        return client._quic._retry_source_connection_id, await client.open_session(mc.wt_path)
+
+    retry_source, session = loop.run(late_retry, timeout=20)
+    assert retry_source is not None, "the client answered a Retry"
+    assert session.status == 200, "and the MC honoured its token"

@@ -249,11 +249,13 @@ class WebTransportClient(asyncio_protocol()):
 
 
 async def connect(host, port, *, ca_file=None, idle_timeout=30.0, server_name="localhost",
-                  timeout=5.0, local_host=None, connection_class=QuicConnection):
+                  timeout=5.0, local_host=None, connection_class=QuicConnection,
+                  protocol=None):
     """Connect and complete the handshake; certificate checks only with
     ``ca_file``; from ``local_host`` when given (another loopback address
     plays another machine); ``connection_class`` may be a QuicConnection
-    subclass (``mc.testing.hostile``'s). Built by hand rather than with ``aioquic.asyncio.connect``,
+    subclass (``mc.testing.hostile``'s), ``protocol`` a WebTransportClient
+    subclass. Built by hand rather than with ``aioquic.asyncio.connect``,
     whose context manager waits for a close that ``vanish`` never sends."""
     configuration = QuicConfiguration(
         is_client=True, alpn_protocols=H3_ALPN, max_datagram_frame_size=65536,
@@ -265,7 +267,7 @@ async def connect(host, port, *, ca_file=None, idle_timeout=30.0, server_name="l
     loop = asyncio.get_running_loop()
     family, _, _, _, addr = (await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM))[0]
     _, client = await loop.create_datagram_endpoint(
-        lambda: WebTransportClient(connection_class(configuration=configuration)),
+        lambda: (protocol or WebTransportClient)(connection_class(configuration=configuration)),
         family=family, local_addr=None if local_host is None else (local_host, 0))
     client.connect(addr[:2])
     await asyncio.wait_for(client.wait_connected(), timeout)
