@@ -11,16 +11,15 @@ index, ordered by when they became idle.
 """
 
 from twisted.application.service import Service
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from mc.assignment import assignment_record, owner_state
-from mc.backoff import retry_policy
-from mc.errors import FencedOut, GcCallError, StoreError
+from mc.errors import FencedOut, StoreError
 from mc.lease import READS_PER_BOUND
 from mc.meetings import MOVED
+from mc.notices import EndNotices
 from mc.periodic import PeriodicCall
-from mc.proto import gc_mc_pb2 as pb
 
 FALLBACK_OWNERSHIP_INTERVAL = 30.0
 #: Longest pause between two looks at the idle index.
@@ -320,8 +319,8 @@ class LostMeetings:
 
 class IdleEnds:
     """Ends the meetings nobody has been in for MC_MEETING_IDLE_SECONDS:
-    deletes their keys (fenced) and tells the GC with NotifyMeetingEnded,
-    retried with the one backoff policy for as long as the MC runs."""
+    deletes their keys (fenced) and tells the GC with NotifyMeetingEnded
+    through one bounded queue (mc/notices.py)."""
 
     log = Logger()
 
@@ -334,10 +333,9 @@ class IdleEnds:
         self._clock = clock
         self._metrics = metrics
         self._lost = lost
-        self._delay = retry_policy()
         self._limit = defer.DeferredSemaphore(END_CONCURRENCY)
         self._queued: dict[str, defer.Deferred | None] = {}  # waiting for the semaphore
-        self._notifies: dict[str, defer.Deferred] = {}  # NotifyMeetingEnded retries
+        self._notices = EndNotices(config, gc_client, clock)
         self._running = False
         self._check = PeriodicCall(self._check_interval, self._end_idle, clock,
                                    "idle meetings check")
@@ -345,26 +343,20 @@ class IdleEnds:
     def start(self):
         self._running = True
         self._check.start()
+        self._notices.start()
 
     def stop(self):
         """Cancel queued ends and pending notifications; fires when the check
-        in flight and the notifications have settled."""
+        in flight and the notification in flight have settled."""
         self._running = False
         for d in list(self._queued.values()):
             if d is not None:
                 d.cancel()
-        if self._notifies:
-            self.log.warn("stopping with {count} meeting-ended notifications unsent: {meetings}",
-                          count=len(self._notifies), meetings=sorted(self._notifies))
-        notifies = list(self._notifies.values())
-        for d in notifies:
-            d.cancel()
-        return defer.DeferredList([self._check.stop(), *notifies], consumeErrors=True)
+        return defer.DeferredList([self._check.stop(), self._notices.stop()],
+                                  consumeErrors=True)
 
     def accepted(self, meeting_id):
-        pending = self._notifies.pop(meeting_id, None)
-        if pending is not None:
-            pending.cancel()  # it is ours again: "ended" would now be wrong
+        self._notices.cancel(meeting_id)  # it is ours again: "ended" would now be wrong
 
     def _check_interval(self):
         return max(min(self._config.meeting_idle / 4, MAX_IDLE_CHECK), MIN_CHECK_INTERVAL)
@@ -417,38 +409,4 @@ class IdleEnds:
         self.log.info("meeting {meeting_id} ended: idle for {idle:g}s",
                       mc_id=self._config.mc_id, meeting_id=meeting_id,
                       generation=m.generation, idle=self._config.meeting_idle)
-        d = defer.ensureDeferred(self._notify_ended(meeting_id))
-        self._notifies[meeting_id] = d
-        d.addErrback(lambda f: f.trap(defer.CancelledError))
-        d.addBoth(self._notified, meeting_id, d)
-
-    def _notified(self, result, meeting_id, d):
-        if self._notifies.get(meeting_id) is d:
-            del self._notifies[meeting_id]
-        return result
-
-    async def _notify_ended(self, meeting_id):
-        """NotifyMeetingEnded, retried with the one backoff policy for as long
-        as the service runs; only INVALID_ARGUMENT (it cannot ever succeed)
-        gives up."""
-        request = pb.NotifyMeetingEndedRequest(meeting_id=meeting_id, region=self._config.region)
-        attempt = 0
-        while self._running:
-            try:
-                await self._gc.notify_meeting_ended(request)
-            except GcCallError as e:
-                if e.code == "INVALID_ARGUMENT":
-                    self.log.error("GC refused NotifyMeetingEnded for {meeting_id}: {details}",
-                                   mc_id=self._config.mc_id, meeting_id=meeting_id,
-                                   details=e.details)
-                    return
-                delay = self._delay(attempt)
-                attempt += 1
-                self.log.warn("NotifyMeetingEnded for {meeting_id} failed ({code}); retry "
-                              "{attempt} in {delay:.1f}s", mc_id=self._config.mc_id,
-                              meeting_id=meeting_id, code=e.code, attempt=attempt, delay=delay)
-                await task.deferLater(self._clock, delay, lambda: None)
-                continue
-            self.log.info("GC told that meeting {meeting_id} ended", mc_id=self._config.mc_id,
-                          meeting_id=meeting_id)
-            return
+        self._notices.add(meeting_id)

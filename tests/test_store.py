@@ -516,3 +516,24 @@ async def test_state_writes_of_one_turn_go_as_one_call_and_a_fenced_one_fails_al
     assert evalsha_calls(redis) == before + 1
     assert redis.hgetall(state_key("w1"))["touched_at"] == "5"
     assert "touched_at" not in redis.hgetall(state_key("w2"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_redis_error_on_one_meeting_of_a_batch_fails_that_meeting_only(redis, make_store):
+    store = await make_store()
+    g = {m: await claim(store, m) for m in ("e1", "e2")}
+    redis.command("SET", state_key("bad"), "a string, not a hash")  # WRONGTYPE for HMGET
+    good, bad = claim(store, "good"), claim(store, "bad")
+    assert await good > 0
+    err = await failure_of(bad, StoreError)
+    assert "bad" in str(err) and "WRONGTYPE" in str(err)
+    redis.command("DEL", state_key("e2"))
+    redis.command("SET", state_key("e2"), "a string")
+    ok = store.reassert("e1", g["e1"], "mc-1", ASSIGNMENT, {})
+    broken = store.reassert("e2", g["e2"], "mc-1", ASSIGNMENT, {})
+    assert await ok == g["e1"]
+    assert "WRONGTYPE" in str(await failure_of(broken, StoreError))
+    state = store.write_state("e1", g["e1"], "mc-1", {"n": 1})
+    broken = store.write_state("e2", g["e2"], "mc-1", {"n": 1})
+    assert await state == g["e1"]
+    await failure_of(broken, StoreError)

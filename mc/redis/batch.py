@@ -68,6 +68,8 @@ class Batcher:
                 d.errback(FencedOut(meeting_id, generation, int(value)))
             elif status == scripts.CORRUPT:
                 d.errback(CorruptGeneration(meeting_id))
+            elif status == scripts.ERROR:
+                d.errback(StoreError(f"meeting {meeting_id}: Redis error {value}"))
             else:
                 d.errback(StoreError(f"meeting {meeting_id}: unexpected result {status!r}"))
 

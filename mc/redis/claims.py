@@ -171,6 +171,8 @@ class ClaimBatcher:
                                              "Redis after the MC stopped waiting for it"))
             elif status == scripts.CORRUPT:
                 c.d.errback(CorruptGeneration(c.meeting_id))
+            elif status == scripts.ERROR:
+                c.d.errback(StoreError(f"meeting {c.meeting_id}: Redis error {value}"))
             else:
                 c.d.errback(StoreError(f"meeting {c.meeting_id}: unexpected result {status!r}"))
 

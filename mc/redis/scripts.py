@@ -27,6 +27,7 @@ CORRUPT = "corrupt"
 LATE = "late"
 STALE = "stale"
 NOREPLICAS = "noreplicas"
+ERROR = "error"
 
 log = Logger(namespace="mc.redis.scripts")
 

@@ -52,6 +52,20 @@ local function fence(generation_key, state_key, writer, mc_id)
   return nil
 end
 
+-- One meeting's part of a batch, appended to `results` as status, value:
+-- `fn` returns them; a Redis error (a key of the wrong type) fails that
+-- meeting alone, as 'error' with the message (what it wrote before stays).
+local function each(results, fn)
+  local ok, status, value = pcall(fn)
+  if not ok then
+    local e = status
+    status = 'error'
+    value = type(e) == 'table' and e.err or tostring(e)
+  end
+  results[#results + 1] = status
+  results[#results + 1] = value
+end
+
 -- HSET of ARGV[first..last] (field, value pairs) plus the generation.
 local function hset_fields(key, first, last, generation)
   local args = {'HSET', key}

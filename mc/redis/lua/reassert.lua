@@ -11,17 +11,16 @@ local a = 1
 for k = 1, #KEYS, 4 do
   local n = tonumber(ARGV[a])
   local writer = ARGV[a + 1]
-  local refused = fence(KEYS[k], KEYS[k + 2], writer, ARGV[a + 5])
-  if refused then
-    results[#results + 1] = refused[1]
-    results[#results + 1] = refused[2] or 0
-  else
+  each(results, function()
+    local refused = fence(KEYS[k], KEYS[k + 2], writer, ARGV[a + 5])
+    if refused then
+      return refused[1], refused[2] or 0
+    end
     redis.call('SET', KEYS[k + 1], ARGV[a + 2])
     hset_fields(KEYS[k + 2], a + 4, a + n, writer)
     redis.call('SADD', KEYS[k + 3], ARGV[a + 3])
-    results[#results + 1] = 'ok'
-    results[#results + 1] = tonumber(writer)
-  end
+    return 'ok', tonumber(writer)
+  end)
   a = a + n + 1
 end
 return {'ok', results}
