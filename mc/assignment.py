@@ -144,12 +144,15 @@ class AssignmentService(Service):
         return frozenset(m.meeting_id for m in self._registry)
 
     def recovered(self, owned):
-        """Host again, under their stored generations, the meetings this MC
-        still owned when it (re)started: ``(meeting_id, generation, mh
-        record)`` from the store's recovery. Capacity holds: the rest are left
-        for the GC to place elsewhere (another MC's claim fences this one out)."""
-        hosted = 0
-        for meeting_id, generation, record in sorted(owned, key=lambda o: o[0]):
+        """Host again the meetings this MC still owned when it (re)started:
+        ``(meeting_id, generation, mh record)`` from the store's recovery.
+        Each is claimed afresh (a new generation, the record unchanged), so
+        that another live process with the same ``MC_ID`` (a restart that
+        overlapped its predecessor) is fenced out by generation. Capacity
+        holds: the rest are left for the GC to place elsewhere. Fires once
+        every claim settled (the store reports itself connected after)."""
+        claims = []
+        for meeting_id, _generation, record in sorted(owned, key=lambda o: o[0]):
             if self._registry.get(meeting_id) is not None or self._registry.pending(meeting_id):
                 continue
             try:
@@ -157,12 +160,28 @@ class AssignmentService(Service):
             except AtCapacity as e:
                 self.log.warn("at capacity ({resource}): {left} owned meetings not hosted again",
                               mc_id=self._config.mc_id, resource=e.resource,
-                              left=len(owned) - hosted)
+                              left=len(owned) - len(claims))
                 break
-            self._registry.commit(reservation, generation, mh_from_record(record))
-            hosted += 1
-        self.log.info("hosting {count} meetings again after a restart", mc_id=self._config.mc_id,
-                      count=hosted)
+            claims.append(defer.ensureDeferred(self._reclaim(reservation, record)))
+        d = defer.gatherResults(claims)
+        d.addCallback(lambda hosted: self.log.info(
+            "hosting {count} meetings again after a restart", mc_id=self._config.mc_id,
+            count=sum(hosted)))
+        return d
+
+    async def _reclaim(self, reservation, record):
+        meeting_id = reservation.meeting_id
+        now = int(self._clock.seconds())
+        try:
+            generation = await self._store.claim_and_write(
+                meeting_id, self._config.mc_id, record, owner_state(self._config, now))
+        except StoreError as e:
+            self._registry.release(reservation)
+            self.log.warn("could not claim meeting {meeting_id} again after a restart: {why}",
+                          mc_id=self._config.mc_id, meeting_id=meeting_id, why=str(e))
+            return False
+        self._registry.commit(reservation, generation, mh_from_record(record))
+        return True
 
     # --- assignment -------------------------------------------------------
 

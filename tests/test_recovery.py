@@ -4,26 +4,18 @@ scripts, and a restarted MC hosting again the meetings it still owns."""
 import signal
 
 import pytest_twisted
-from twisted.internet import reactor
 
-from mc.assignment import AssignmentService
-from mc.config import parse_redis_url
-from mc.lease import Lease
-from mc.meetings import MeetingRegistry
-from mc.ops.health import Health
-from mc.ops.metrics import Metrics
-from mc.ownership import OwnershipService
+from mc.errors import StoreUnavailable
 from mc.proto import gc_mc_pb2 as pb
 from mc.redis import scripts
 from mc.redis.claims import Claim, claim_call, new_claim_id
 from mc.redis.keys import generation_key, meetings_index_key, state_key
-from mc.redis.store import KEY_TTL, RedisFencedStore, claim_and_write_call
+from mc.redis.store import KEY_TTL, claim_and_write_call
 from mc.testing.daemon import wait_for
-from mc.testing.doubles import ScriptedGcClient
 from mc.testing.fakegc import assign_meeting
-from tests.configs import make_config
 from tests.conftest import E2E_GC_TOKEN
 from tests.helpers import wait_until
+from tests.test_assignment import Rig, result_of
 
 MH = [("mh-1", "https://mh-1.example:4433", ""),
       ("mh-2", "https://mh-2.example:4433", "")]
@@ -81,18 +73,21 @@ async def test_recovery_hands_over_only_owned_meetings_before_reporting_connecte
     assert redis.hgetall(state_key("m2"))["mc_id"] == "mc-b", "others' keys left alone"
 
 
-def test_recovered_meetings_respect_capacity():
-    config = make_config(max_meetings=2)
-    registry = MeetingRegistry(2, 10000, 10, reactor)
-    store = RedisFencedStore(parse_redis_url("REDIS_URL", "redis://127.0.0.1:1/0"), reactor)
-    ownership = OwnershipService(config, store, registry, ScriptedGcClient(), reactor, Metrics(),
-                                 lambda: 30.0, Lease(reactor, lambda: 3600.0))
-    service = AssignmentService(config, store, registry, Health(lambda: True, 0.5), ownership,
-                                reactor, Metrics())
-    service.recovered([(f"m{i}", i, RECORD) for i in (3, 1, 2)])
-    assert service.hosted() == {"m1", "m2"}
-    m = registry.get("m2")
-    assert m.generation == 2 and m.mh_assignments == tuple(MH)
+def test_recovered_meetings_are_claimed_afresh_within_capacity():
+    rig = Rig(max_meetings=2)
+    for i in (1, 2, 3):
+        rig.store.generations[f"m{i}"] = 10 * i  # what the previous life held
+    d = rig.service.recovered([(f"m{i}", 10 * i, RECORD) for i in (3, 1, 2)])
+    assert result_of(d) is None
+    assert rig.service.hosted() == {"m1", "m2"}
+    m = rig.registry.get("m2")
+    assert m.generation == 21, "claimed afresh: a process still alive with the old one is fenced"
+    assert m.mh_assignments == tuple(MH)
+    assert rig.store.state["m2"]["mc_id"] == "mc-test-1"
+    rig.store.script["claim_and_write"].append(StoreUnavailable("down"))
+    rig.registry.remove("m1")
+    result_of(rig.service.recovered([("m1", 11, RECORD)]))
+    assert "m1" not in rig.service.hosted() and not rig.registry.pending("m1")
 
 
 def test_a_killed_mc_restarted_with_its_id_hosts_its_meetings_again(mc_procs, fake_gc, redis):
@@ -116,9 +111,11 @@ def test_a_killed_mc_restarted_with_its_id_hosts_its_meetings_again(mc_procs, fa
     assert healthy and set(healthy) == {2}, "healthy only once it hosts them again"
     assert second.metric("mc_meetings_current") == 2.0
 
+    reclaimed = redis.command("GET", generation_key("r1"))
+    assert int(reclaimed) > int(r1), "claimed afresh at the restart"
     r = assign_meeting(second.grpc_target, "r1", MH, E2E_GC_TOKEN)
     assert r.accepted
-    assert redis.command("GET", generation_key("r1")) == r1, "re-assignment keeps it"
+    assert redis.command("GET", generation_key("r1")) == reclaimed, "re-assignment keeps it"
     assert redis.hgetall(state_key("r2"))["mc_id"] == "mc-other"
     assert redis.command("GET", generation_key("r2")) == str(r2)
     assert index(redis, "mc-e2e-1") == ["r1", "r3"]
