@@ -113,9 +113,10 @@ def machine_for(redis):
 
         def _read(self, m):
             marker = m.marker.next()
+            floor = m.marker.acknowledged
             reply = self.eval(scripts.NEWS, [lost_key(m.mc_id), marker_key(m.mc_id),
                                              meetings_index_key(m.mc_id)], [marker, KEY_TTL])
-            intact = m.marker.intact(reply[1])
+            intact = m.marker.intact(reply[1], floor)
             m.marker.acked(marker)
             flat = reply[2]
             lost = list(zip(flat[::2], flat[1::2], strict=True))

@@ -24,7 +24,9 @@ class Marker:
         """A reply showed that Redis holds ``value`` (or more)."""
         self.acknowledged = max(self.acknowledged, value)
 
-    def intact(self, found):
-        """``found``: the marker before a read raised it ('' when gone).
-        False when Redis lost what it acknowledged before."""
-        return found.isdigit() and int(found) >= self.acknowledged
+    def intact(self, found, floor):
+        """``found``: the marker before a read raised it ('' when gone);
+        ``floor``: ``acknowledged`` when the read was sent (a value
+        acknowledged later may have been written after the read ran). False
+        when Redis lost what it acknowledged before."""
+        return found.isdigit() and int(found) >= floor

@@ -16,7 +16,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mc.errors import CorruptGeneration, FencedOut, StoreError, StoreUnavailable
+from mc.errors import CorruptGeneration, FencedOut, StoreError
 from mc.interfaces import IFencedStore
 from mc.redis import requirements, scripts
 from mc.redis.batch import Batcher
@@ -31,6 +31,8 @@ from mc.redis.keys import (
     state_key,
 )
 from mc.redis.marker import Marker
+from mc.redis.recovery import Recovery
+from mc.redis.replicas import Replicas
 
 #: The contract's ``meeting:<id>:mh`` fields, no more and no fewer.
 ASSIGNMENT_FIELDS = frozenset(
@@ -49,14 +51,10 @@ MAX_GENERATION = 2**53 - 1
 def _is_generation(text):
     return bool(_GENERATION_RE.fullmatch(text)) and int(text) <= MAX_GENERATION
 
-#: Index entries a step of the start-up recovery looks at (lua/recover.lua).
-RECOVERY_STEP = 500
 #: Seconds an MC's own keys (index, news, marker) live without a read
 #: refreshing them, and an ended meeting's tombstone and generation key.
 KEY_TTL = 86400
-#: After replicas fell short, seconds of enough online replicas before the
-#: store counts as available again: a lagging replica does not make health flap.
-REPLICAS_HOLD = 5.0
+
 
 
 def _check_generation(generation):
@@ -133,16 +131,13 @@ class RedisFencedStore(Service):
         self._reply_timeout = reply_timeout
         self._markers: dict[str, Marker] = {}  # per mc_id (one, but for tests)
         self._offset_ms = None  # Redis's clock minus ours, from the last news read
-        self._short_since = None  # when replicas last fell short, while they count as short
+        self._replicas = Replicas(replica_acks, reactor, target, self._tell)
         self._claims = ClaimBatcher(self._redis, reactor, self._marker, replica_acks,
                                     max(1, int(replica_timeout * 1000)), KEY_TTL,
-                                    self._replicas_short)
+                                    self._replicas.claimed)
         self._reasserts = Batcher(self._redis, scripts.REASSERT, reactor)
         self._state_writes = Batcher(self._redis, scripts.WRITE_STATE, reactor)
-        self._replica_acks = replica_acks
-        self._recovery = None  # (mc_id, host) until the start-up recovery is done
-        self._recovering = False
-        self._recovery_retry = None
+        self._recovery = None  # a Recovery until the start-up recovery is done
         self._checked = False
         self._was_connected = False
         self._observers = []
@@ -154,12 +149,12 @@ class RedisFencedStore(Service):
     def connected(self):
         """Redis is up and answering, the replicas a claim needs are there,
         and the start-up recovery (if any) is done."""
-        return self.reachable and self._short_since is None
+        return self.reachable and not self._replicas.short
 
     @property
     def reachable(self):
         """Redis is up and answering and the start-up recovery is done."""
-        return self._redis.up and self._recovery is None
+        return self._redis.up and (self._recovery is None or self._recovery.finished)
 
     def on_change(self, observer):
         """Call ``observer(connected)`` whenever ``connected`` flips."""
@@ -170,8 +165,10 @@ class RedisFencedStore(Service):
         connected (so health stays UNHEALTHY and no assignment is taken), call
         ``host([(meeting_id, generation, assignment), ...])`` with the meetings
         ``mc_id`` still owns: its index names them, the state hash names
-        ``mc_id`` at the stored generation. Call before ``startService``."""
-        self._recovery = (mc_id, host)
+        ``mc_id`` at the stored generation; ``host`` may return a Deferred,
+        waited for. Call before ``startService``."""
+        self._recovery = Recovery(self._redis, self._reactor, mc_id, host, self._marker(mc_id),
+                                  KEY_TTL, self._tell)
 
     def probe_period_changed(self):
         """``probe_every()`` changed (the GC dictated a fast interval)."""
@@ -189,8 +186,8 @@ class RedisFencedStore(Service):
 
     def stopService(self):
         super().stopService()
-        if self._recovery_retry is not None and self._recovery_retry.active():
-            self._recovery_retry.cancel()
+        if self._recovery is not None:
+            self._recovery.stop()
         for batcher in (self._claims, self._reasserts, self._state_writes):
             batcher.flush()
         return self._redis.stop()
@@ -199,8 +196,8 @@ class RedisFencedStore(Service):
         if up and not self._checked:
             self._checked = True
             defer.ensureDeferred(requirements.check(self._redis.run, self._redis.target))
-        if up and self._recovery is not None and not self._recovering:
-            self._recover()
+        if up and self._recovery is not None:
+            self._recovery.start()
         self._tell()
 
     def _tell(self):
@@ -219,82 +216,6 @@ class RedisFencedStore(Service):
         if marker is None:
             marker = self._markers[mc_id] = Marker(self._reactor)
         return marker
-
-    def _replicas_short(self, short):
-        """The claim path found the replicas short (or enough)."""
-        if short:
-            if self._short_since is None:
-                self.log.warn("Redis {target}: fewer replicas than a claim needs "
-                              "({acks}); unavailable until they are back",
-                              target=str(self._redis.target), acks=self._replica_acks)
-            self._short_since = self._reactor.seconds()
-        else:
-            self._short_since = None
-        self._tell()
-
-    def _replicas_online(self, online):
-        """A news read counted ``online`` replicas."""
-        if online < self._replica_acks:
-            self._replicas_short(True)
-        elif (self._short_since is not None
-              and self._reactor.seconds() - self._short_since >= REPLICAS_HOLD):
-            self._replicas_short(False)
-
-    def _recover(self):
-        mc_id, host = self._recovery
-        self._recovering = True
-        d = defer.ensureDeferred(self._owned(mc_id))
-        d.addCallback(host)
-        d.addCallbacks(self._recovered, self._recovery_failed)
-
-    async def _owned(self, mc_id):
-        """The meetings ``mc_id`` still owns, read in short steps."""
-        keys = [meetings_index_key(mc_id), lost_key(mc_id), marker_key(mc_id)]
-        owned, cursor = {}, "0"
-        marker = self._marker(mc_id).next()
-        while True:
-            reply = await self._redis.run(scripts.evalsha(
-                scripts.RECOVER, keys, [mc_id, cursor, RECOVERY_STEP, marker, KEY_TTL]))
-            if reply[0] != scripts.OK:
-                raise StoreError(f"recovery of {mc_id}: unexpected script reply {reply[0]!r}")
-            self._marker(mc_id).acked(marker)
-            cursor, flat = reply[1], reply[2]
-            for meeting_id, generation, mh in zip(flat[::3], flat[1::3], flat[2::3],
-                                                  strict=True):
-                try:
-                    assignment = json.loads(mh)
-                except ValueError:
-                    assignment = None
-                if not isinstance(assignment, dict):
-                    self.log.warn("meeting {meeting_id}: stored assignment is not a JSON "
-                                  "object; not recovering it", mc_id=mc_id,
-                                  meeting_id=meeting_id)
-                    continue
-                owned[meeting_id] = (meeting_id, int(generation), assignment)
-            if cursor == "0":
-                return list(owned.values())
-
-    def _recovered(self, _):
-        self._recovering = False
-        self._recovery = None
-        self._tell()
-
-    def _recovery_failed(self, failure):
-        self._recovering = False
-        if failure.check(StoreUnavailable):
-            # Retried when Redis is up again, or in a second if it stays up.
-            self.log.warn("meeting recovery failed, retrying: {why}",
-                          why=failure.getErrorMessage())
-            self._recovery_retry = self._reactor.callLater(1.0, self._retry_recovery)
-            return
-        self.log.failure("meeting recovery failed; starting without it", failure=failure)
-        self._recovered(None)
-
-    def _retry_recovery(self):
-        self._recovery_retry = None
-        if self.running and self._recovery is not None and self._redis.up and \
-                not self._recovering:
-            self._recover()
 
     # The operations
 
@@ -361,16 +282,17 @@ class RedisFencedStore(Service):
     def news(self, mc_id):
         keys = [lost_key(mc_id), marker_key(mc_id), meetings_index_key(mc_id)]
         marker = self._marker(mc_id).next()
+        floor = self._marker(mc_id).acknowledged
         d = self._redis.call(scripts.evalsha(scripts.NEWS, keys, [marker, KEY_TTL]))
-        return d.addCallback(self._news, mc_id, marker)
+        return d.addCallback(self._news, mc_id, marker, floor)
 
-    def _news(self, reply, mc_id, marker):
+    def _news(self, reply, mc_id, marker, floor):
         if reply[0] != scripts.OK:
             raise StoreError(f"news of {mc_id}: unexpected script reply {reply[0]!r}")
-        intact = self._marker(mc_id).intact(reply[1])
+        intact = self._marker(mc_id).intact(reply[1], floor)
         self._marker(mc_id).acked(marker)
         self._offset_ms = int(reply[3]) - int(self._reactor.seconds() * 1000)
-        self._replicas_online(int(reply[4]))
+        self._replicas.counted(int(reply[4]))
         flat = reply[2]
         lost = []
         for meeting_id, generation in zip(flat[::2], flat[1::2], strict=True):
