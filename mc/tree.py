@@ -204,9 +204,9 @@ def _authorizer(config, tokens, reactor, metrics):
 
 def _reloadables(root, grpc_tls):
     """What SIGHUP reads again and where each goes: the secrets that came
-    from files (MC_CLIENT_SECRET_FILE among them, so a watcher that sends
-    SIGHUP covers it), the WebTransport certificate, the gRPC server's
-    certificates."""
+    from files (MC_CLIENT_SECRET_FILE among them), the WebTransport
+    certificate, the gRPC server's certificates. Each one's ``paths`` are
+    watched (mc.ops.watch): a change reloads as SIGHUP does."""
     config = root.config
 
     def service_token(token):

@@ -22,7 +22,7 @@ from mc.interfaces import (
 from mc.participants.engine import NAME as QUIC_ENGINE
 from mc.tap import Options, makeService
 from mc.testing.fakegc import FakeGc, assign_meeting
-from tests.configs import PARTICIPANT_ENV, TEST_GC_TOKEN, TEST_SERVICE_TOKEN
+from tests.configs import PARTICIPANT_ENV, TEST_CERT, TEST_GC_TOKEN, TEST_SERVICE_TOKEN
 from tests.helpers import wait_until
 
 ORDER = ["http", "redis-store", "health-monitor", "ownership", "meetings", "jwks", "joins",
@@ -59,6 +59,25 @@ def test_tree_shape_and_seams(redis, gc):
     verifyObject(ISystemProbe, root.monitor._probe)
     verifyObject(ITokenVerifier, root.tokens)
     assert "AllowAll" not in repr(root.grpc.authorizer)
+
+
+def test_every_secret_and_certificate_file_is_watched(redis, gc, tmp_path):
+    """What any reload reads, the watcher watches: the client secret for
+    the Auth Controller too, and the gRPC server's certificate and key."""
+    secret, tokens = tmp_path / "client-secret", tmp_path / "gc-tokens"
+    secret.write_text("client-secret-Z1")
+    tokens.write_text(TEST_GC_TOKEN)
+    o = Options(environ={"AC_ENDPOINT": "http://127.0.0.1:1", "MC_CLIENT_ID": "mc-tree-1",
+                         "MC_CLIENT_SECRET_FILE": str(secret), "MC_GC_TOKENS_FILE": str(tokens),
+                         "MC_GRPC_TLS_CERT_PATH": TEST_CERT.cert_path,
+                         "MC_GRPC_TLS_KEY_PATH": TEST_CERT.key_path, **PARTICIPANT_ENV})
+    o.parseOptions(["--redis-url", redis.url, "--gc-url", gc.url, "--grpc-listen",
+                    "127.0.0.1:0", "--grpc-advertise", "https://127.0.0.1:1",
+                    "--webtransport-advertise", "https://127.0.0.1:1/"])
+    root = makeService(o, reactor)
+    assert set(root.watcher._paths) == {str(secret), str(tokens), TEST_CERT.cert_path,
+                                        TEST_CERT.key_path}
+    assert root.watcher._paths == root.reloader.paths
 
 
 def test_build_info_names_the_version_python_and_quic_engine(redis, gc):
