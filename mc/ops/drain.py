@@ -1,8 +1,10 @@
-"""``python -m mc.ops.drain``: drain one MC and wait until its participants
-have moved; for a Kubernetes preStop hook and for rolling upgrades.
+"""``mc-drain`` (``python -m mc.ops.drain``): drain one MC and wait until its
+participants have moved; for a Kubernetes preStop hook and for rolling
+upgrades. The install puts ``mc-drain`` beside ``twistd`` (the image's
+``/opt/mc/venv/bin/mc-drain``), so a hook needs no ``python`` on the PATH.
 
-    python -m mc.ops.drain --pid 1 --wait 30            # in the MC's container
-    python -m mc.ops.drain --pidfile mc.pid --undrain   # back in service
+    mc-drain --pid 1 --wait 30            # in the MC's container
+    mc-drain --pidfile mc.pid --undrain   # back in service
 
 SIGUSR2 toggles drain, so the MC is signalled only when its ``/metrics`` says
 it is not in the wanted state yet: running this twice, or on an MC an operator
@@ -90,7 +92,7 @@ def drain(pid, url, wait, undrain=False, out=sys.stdout, clock=time.monotonic,
 
 
 def main(argv=None, environ=None):
-    parser = argparse.ArgumentParser(prog="python -m mc.ops.drain", description=__doc__,
+    parser = argparse.ArgumentParser(prog="mc-drain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--pid", type=int, help="the MC's pid (1 in its own container)")
