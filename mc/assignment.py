@@ -7,6 +7,8 @@ ownership): a second assignment of a meeting joins the accept in flight; one
 arriving during an end or a write-back waits for it and then decides afresh.
 """
 
+import json
+
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -80,19 +82,23 @@ def assignment_record(mh_assignments, assigned_at):
     }
 
 
-def owner_state(config, now):
+def owner_state(config, now, mh_assignments):
     """The state hash fields the owning MC writes besides ``mc_id`` and
-    ``generation``."""
-    return {"grpc_endpoint": config.grpc_advertise, "assigned_at": now}
+    ``generation``; ``mh_grpc_endpoints`` keeps the MHs' gRPC URLs (which the
+    fleet's ``mh`` record has no field for) so a restarted MC can register
+    its recovered meetings with their MHs again."""
+    return {"grpc_endpoint": config.grpc_advertise, "assigned_at": now,
+            "mh_grpc_endpoints": json.dumps([mh[2] for mh in mh_assignments[:2]])}
 
 
-def mh_from_record(record):
+def mh_from_record(record, grpc_endpoints=()):
     """The ``(mh_id, webtransport_endpoint, grpc_endpoint)`` tuples of a
-    stored ``mh`` record (the inverse of ``assignment_record``; the record
-    holds no gRPC URL, so each is empty)."""
-    mh = ((record.get("primary_mh_id"), record.get("primary_endpoint"), ""),)
+    stored ``mh`` record and the state's ``mh_grpc_endpoints`` (the inverse
+    of ``assignment_record`` and ``owner_state``; a URL not stored is empty)."""
+    urls = tuple(grpc_endpoints) + ("", "")
+    mh = ((record.get("primary_mh_id"), record.get("primary_endpoint"), urls[0]),)
     if record.get("backup_mh_id"):
-        mh += ((record["backup_mh_id"], record.get("backup_endpoint"), ""),)
+        mh += ((record["backup_mh_id"], record.get("backup_endpoint"), urls[1]),)
     return mh
 
 
@@ -152,7 +158,7 @@ class AssignmentService(Service):
         holds: the rest are left for the GC to place elsewhere. Fires once
         every claim settled (the store reports itself connected after)."""
         claims = []
-        for meeting_id, _generation, record in sorted(owned, key=lambda o: o[0]):
+        for meeting_id, _generation, record, grpc in sorted(owned, key=lambda o: o[0]):
             if self._registry.get(meeting_id) is not None or self._registry.pending(meeting_id):
                 continue
             try:
@@ -162,25 +168,26 @@ class AssignmentService(Service):
                               mc_id=self._config.mc_id, resource=e.resource,
                               left=len(owned) - len(claims))
                 break
-            claims.append(defer.ensureDeferred(self._reclaim(reservation, record)))
+            claims.append(defer.ensureDeferred(self._reclaim(reservation, record, grpc)))
         d = defer.gatherResults(claims)
         d.addCallback(lambda hosted: self.log.info(
             "hosting {count} meetings again after a restart", mc_id=self._config.mc_id,
             count=sum(hosted)))
         return d
 
-    async def _reclaim(self, reservation, record):
+    async def _reclaim(self, reservation, record, grpc_endpoints):
         meeting_id = reservation.meeting_id
         now = int(self._clock.seconds())
+        mh = mh_from_record(record, grpc_endpoints)
         try:
             generation = await self._store.claim_and_write(
-                meeting_id, self._config.mc_id, record, owner_state(self._config, now))
+                meeting_id, self._config.mc_id, record, owner_state(self._config, now, mh))
         except StoreError as e:
             self._registry.release(reservation)
             self.log.warn("could not claim meeting {meeting_id} again after a restart: {why}",
                           mc_id=self._config.mc_id, meeting_id=meeting_id, why=str(e))
             return False
-        self._registry.commit(reservation, generation, mh_from_record(record))
+        self._registry.commit(reservation, generation, mh)
         return True
 
     # --- assignment -------------------------------------------------------
@@ -251,7 +258,7 @@ class AssignmentService(Service):
         try:
             generation = await self._store.claim_and_write(
                 meeting_id, self._config.mc_id, assignment_record(mh, now),
-                owner_state(self._config, now), issued_at=issued_at)
+                owner_state(self._config, now, mh), issued_at=issued_at)
         except StoreError as e:
             self._registry.release(reservation)
             self.log.warn("could not claim meeting {meeting_id} from {gc_id}: {why}",
@@ -280,7 +287,7 @@ class AssignmentService(Service):
         try:
             await self._store.reassert(meeting_id, m.generation, self._config.mc_id,
                                        assignment_record(mh, now),
-                                       owner_state(self._config, now))
+                                       owner_state(self._config, now, mh))
             m.mh_assignments = mh
         except FencedOut as e:
             self._ownership.lost(m, e)

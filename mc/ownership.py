@@ -307,7 +307,7 @@ class LostMeetings:
         try:
             await self._store.reassert(m.meeting_id, m.generation, self._config.mc_id,
                                        assignment_record(m.mh_assignments, now),
-                                       owner_state(self._config, now))
+                                       owner_state(self._config, now, m.mh_assignments))
         except FencedOut as e:
             self.lost(m, e)
         except StoreError as e:

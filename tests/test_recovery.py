@@ -1,6 +1,7 @@
 """Restart recovery: the MC's index of its meetings in Redis, kept by the Lua
 scripts, and a restarted MC hosting again the meetings it still owns."""
 
+import json
 import signal
 
 import pytest_twisted
@@ -67,7 +68,7 @@ async def test_recovery_hands_over_only_owned_meetings_before_reporting_connecte
     store.recover_on_connect("mc-a", lambda owned: seen.append((owned, store.connected)))
     store.startService()
     await wait_until(lambda: store.connected, timeout=10, what="recovery")
-    assert seen == [([("m1", g["m1"], RECORD)], False)], "handed over before 'connected'"
+    assert seen == [([("m1", g["m1"], RECORD, ())], False)], "handed over before 'connected'"
     assert index(redis, "mc-a") == ["m1", "m4"], "m4 stays: it is ours, only unreadable"
     assert index(redis, "mc-b") == ["m2"]
     assert redis.hgetall(state_key("m2"))["mc_id"] == "mc-b", "others' keys left alone"
@@ -77,7 +78,7 @@ def test_recovered_meetings_are_claimed_afresh_within_capacity():
     rig = Rig(max_meetings=2)
     for i in (1, 2, 3):
         rig.store.generations[f"m{i}"] = 10 * i  # what the previous life held
-    d = rig.service.recovered([(f"m{i}", 10 * i, RECORD) for i in (3, 1, 2)])
+    d = rig.service.recovered([(f"m{i}", 10 * i, RECORD, ()) for i in (3, 1, 2)])
     assert result_of(d) is None
     assert rig.service.hosted() == {"m1", "m2"}
     m = rig.registry.get("m2")
@@ -86,8 +87,34 @@ def test_recovered_meetings_are_claimed_afresh_within_capacity():
     assert rig.store.state["m2"]["mc_id"] == "mc-test-1"
     rig.store.script["claim_and_write"].append(StoreUnavailable("down"))
     rig.registry.remove("m1")
-    result_of(rig.service.recovered([("m1", 11, RECORD)]))
+    result_of(rig.service.recovered([("m1", 11, RECORD, ())]))
     assert "m1" not in rig.service.hosted() and not rig.registry.pending("m1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_recovery_gives_back_the_mhs_grpc_urls_the_owner_stored(redis, make_store):
+    """The fleet's ``mh`` record has no gRPC URL: the owner keeps them in its
+    state, so a restarted MC can register its meetings with their MHs."""
+    writer = await make_store()
+    urls = ["https://mh-1.internal:50051", ""]
+    await writer.claim_and_write("m1", "mc-a", RECORD,
+                                 {"mh_grpc_endpoints": json.dumps(urls)})
+    await writer.claim_and_write("m2", "mc-a", RECORD, {"mh_grpc_endpoints": "[1, {}]"})
+    seen = []
+    store = await make_store(start=False)
+    store.recover_on_connect("mc-a", seen.append)
+    store.startService()
+    await wait_until(lambda: store.connected, timeout=10, what="recovery")
+    owned = {o[0]: o for o in seen[0]}
+    assert owned["m1"][3] == tuple(urls)
+    assert owned["m2"][3] == (), "an unreadable list is no URL, not a failed recovery"
+
+    rig = Rig()
+    rig.service.recovered([owned["m1"]])
+    m = rig.registry.get("m1")
+    assert m.mh_assignments == (("mh-1", "https://mh-1.example:4433", urls[0]),
+                                ("mh-2", "https://mh-2.example:4433", ""))
+    assert json.loads(rig.store.state["m1"]["mh_grpc_endpoints"]) == urls, "written again"
 
 
 def test_a_killed_mc_restarted_with_its_id_hosts_its_meetings_again(mc_procs, fake_gc, redis):

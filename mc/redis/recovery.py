@@ -16,6 +16,19 @@ from mc.redis.keys import lost_key, marker_key, meetings_index_key
 RECOVERY_STEP = 500
 
 
+def _grpc_endpoints(stored):
+    """The MHs' gRPC URLs the previous life wrote beside its state (a JSON
+    list of strings), or () when absent or unreadable: the meeting is then
+    hosted without them until the GC assigns it again."""
+    try:
+        urls = json.loads(stored) if stored else []
+    except ValueError:
+        return ()
+    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+        return ()
+    return tuple(urls)
+
+
 class Recovery:
     """``host(owned)`` once with what ``mc_id`` still owns, over ``redis`` (a
     RedisConnection); ``marker``: its Marker; ``done()`` when it is over."""
@@ -61,8 +74,8 @@ class Recovery:
                 raise StoreError(f"recovery of {mc_id}: unexpected script reply {reply[0]!r}")
             self._marker.acked(marker)
             cursor, flat = reply[1], reply[2]
-            for meeting_id, generation, mh in zip(flat[::3], flat[1::3], flat[2::3],
-                                                  strict=True):
+            for meeting_id, generation, mh, grpc in zip(flat[::4], flat[1::4], flat[2::4],
+                                                        flat[3::4], strict=True):
                 try:
                     assignment = json.loads(mh)
                 except ValueError:
@@ -72,7 +85,8 @@ class Recovery:
                                   "object; not recovering it", mc_id=mc_id,
                                   meeting_id=meeting_id)
                     continue
-                owned[meeting_id] = (meeting_id, int(generation), assignment)
+                owned[meeting_id] = (meeting_id, int(generation), assignment,
+                                     _grpc_endpoints(grpc))
             if cursor == "0":
                 return list(owned.values())
 

@@ -3,7 +3,8 @@
 -- KEYS: the MC's index, its lost meetings, its marker.
 -- ARGV: its mc_id, the SSCAN cursor ('0' to begin), the step's COUNT, the
 -- marker's value, the TTL (seconds) of the MC's own keys.
--- Replies {'ok', the next cursor ('0': done), {id, generation, mh JSON, ...}}:
+-- Replies {'ok', the next cursor ('0': done), {id, generation, mh JSON,
+-- the state's mh_grpc_endpoints JSON or '', ...}}:
 -- the meetings the MC still owns (the state hash names it at the stored
 -- generation, with no claim pending and not ended, and the mh JSON exists;
 -- an id may come twice). Every other id
@@ -20,7 +21,7 @@ for _, id in ipairs(scan[2]) do
   local prefix = 'meeting:' .. id
   local generation = redis.pcall('GET', prefix .. ':generation')
   local state = redis.pcall('HMGET', prefix .. ':state', 'mc_id', 'generation', 'pending',
-                            'ended')
+                            'ended', 'mh_grpc_endpoints')
   local mh = redis.pcall('GET', prefix .. ':mh')
   if type(generation) == 'string' and type(state) == 'table' and type(mh) == 'string'
       and state[1] == ARGV[1] and state[2] == generation and not state[3] and not state[4]
@@ -28,6 +29,7 @@ for _, id in ipairs(scan[2]) do
     owned[#owned + 1] = id
     owned[#owned + 1] = generation
     owned[#owned + 1] = mh
+    owned[#owned + 1] = state[5] or ''
   else
     redis.call('SREM', KEYS[1], id)
   end
