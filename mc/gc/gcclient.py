@@ -18,6 +18,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from mc.errors import GcCallError
+from mc.grpcfuture import deferred_from_future
 from mc.interfaces import IGcClient
 from mc.proto import gc_mc_legacy_pb2_grpc, gc_mc_pb2_grpc
 from mc.tracing import current_metadata
@@ -128,31 +129,19 @@ class GrpcGcClient:
         # A call made within a span (a heartbeat an assignment nudged) carries its trace.
         future = getattr(self._stubs[dialect], method).future(
             request, timeout=self._deadline, metadata=tuple(metadata) + current_metadata())
-        d = defer.Deferred(lambda _d: future.cancel())
-
-        def deliver(outcome, is_error):
-            if d.called:
-                return
-            if is_error:
-                self._count(method, dialect, outcome.code)
-                d.errback(outcome)
-            else:
-                self._count(method, dialect, "ok")
-                self.dialect = dialect
-                d.callback(outcome)
-
-        def thd_done(fut):
-            if fut.cancelled():
-                return
-            try:
-                outcome, is_error = fut.result(), False
-            except grpc.RpcError as e:
-                outcome, is_error = GcCallError(method, e.code().name, e.details() or "",
-                                                dialect), True
-            except Exception as e:  # anything else must still reach the reactor
-                outcome, is_error = GcCallError(method, "UNKNOWN", type(e).__name__,
-                                                dialect), True
-            self._reactor.callFromThread(deliver, outcome, is_error)
-
-        future.add_done_callback(thd_done)
+        d = deferred_from_future(
+            self._reactor, future,
+            lambda code, details: GcCallError(method, code, details, dialect))
+        d.addCallbacks(self._succeeded, self._failed, callbackArgs=(method, dialect),
+                       errbackArgs=(method, dialect))
         return d
+
+    def _succeeded(self, response, method, dialect):
+        self._count(method, dialect, "ok")
+        self.dialect = dialect
+        return response
+
+    def _failed(self, failure, method, dialect):
+        failure.trap(GcCallError)
+        self._count(method, dialect, failure.value.code)
+        return failure
