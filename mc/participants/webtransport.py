@@ -12,6 +12,14 @@ CLOSE_WEBTRANSPORT_SESSION capsule or a FIN of the CONNECT stream.
 The engine's ``H3Connection`` parses the CONNECT streams; once a stream is known
 to carry WebTransport data (or to be refused), its QUIC events bypass H3 and
 are handled here, which is why H3's entry for it is dropped at that point.
+
+Where a session is lives in one ``SessionLife`` (``session_state``), shared
+with its handler. Every write goes through ``_send``, which asks the engine
+whether the stream can still be written (the client's STOP_SENDING is
+applied by QUIC as its frame arrives, before its event reaches us); and an
+end, however it comes (FIN, reset, STOP_SENDING, capsule, in any order,
+in one receive or several), goes through ``end_session`` once: losses are
+settled at the end of a receive, so a clean close in the same packet wins.
 """
 
 import contextlib
