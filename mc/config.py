@@ -449,7 +449,8 @@ SETTINGS = (
             "Python's garbage collector: g0,g1,g2 thresholds, start-up's objects frozen "
             "once started; python leaves the interpreter's (700,10,10) and freezes nothing"),
     Setting("lag_threshold", "MC_REACTOR_LAG_THRESHOLD", "lag-threshold", 0.5,
-            _seconds(0.01, 60), "Reactor lag (seconds) above which health is DEGRADED"),
+            _seconds(0.01, 60), "Reactor lag (seconds), averaged over the comprehensive "
+            "interval, above which health is DEGRADED"),
     Setting("gc_deadline", "MC_GC_DEADLINE_SECONDS", "gc-deadline", 10.0, _seconds(0.1, 60),
             "Seconds each call to the GC may take before it is abandoned"),
     Setting("http_idle", "MC_HTTP_IDLE_SECONDS", "http-idle", 30.0, _seconds(0.1, 3600),

@@ -143,7 +143,7 @@ def test_fixed_probe_is_a_probe():
 ])
 def test_health_decision(redis_up, draining, cpu, memory, lag, expected):
     h = Health(lambda: redis_up, lag_threshold=0.5)
-    h.draining, h.cpu_percent, h.memory_percent, h.reactor_lag = draining, cpu, memory, lag
+    h.draining, h.cpu_percent, h.memory_percent, h.sustained_lag = draining, cpu, memory, lag
     assert h.status == expected
 
 
@@ -174,7 +174,8 @@ def test_monitor_measures_lag_and_samples_the_probe():
     probe.cpu = 95
     clock.advance(1.0)
     assert h.reactor_lag == pytest.approx(0.75)
-    assert h.status == DEGRADED
+    assert h.sustained_lag < 0.5  # one late tick: not a lasting lag
+    assert h.status == HEALTHY
     assert h.cpu_percent == 20
     for _ in range(8):
         clock.advance(0.25)
@@ -264,4 +265,18 @@ def test_the_window_follows_the_comprehensive_interval():
     probe.cpu = 100
     _run(clock, 10)
     assert h.status == DEGRADED
+    m.stopService()
+
+
+def test_a_lagging_burst_does_not_make_it_degraded_sustained_lag_does():
+    clock, probe, h, m = _monitor(window=10.0)
+    _run(clock, 20)
+    clock.advance(2.5)  # the reactor held 2.25 s by a burst of work
+    _run(clock, 5)
+    assert h.reactor_lag == 0.0 and h.status == HEALTHY
+    for _ in range(20):  # every tick 0.75 s late for 15 s
+        clock.advance(1.0)
+    assert h.reactor_lag == pytest.approx(0.75) and h.status == DEGRADED
+    _run(clock, 10)
+    assert h.status == HEALTHY
     m.stopService()

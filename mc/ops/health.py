@@ -6,9 +6,11 @@ Redis is unreachable or the hosting lease (mc/lease.py) has lapsed, DEGRADED
 under sustained CPU/memory pressure or reactor lag, HEALTHY otherwise.
 PENDING is the GC's word for "not heard yet" and never ours.
 
-CPU and memory are averaged over a window (the GC's comprehensive interval):
-a burst (a drain's rejoins: 2,000 joins are about 10 s of CPU) must not turn
-the MC away from the joins it is taking, only load that lasts.
+CPU, memory and the reactor's lag are averaged over a window (the GC's
+comprehensive interval): a burst (a drain's rejoins: 2,000 joins are about
+10 s of CPU, and the reactor lags while it works through them) must not turn
+the MC away from the joins it is taking, only load that lasts. The last
+tick's lag alone is what liveness (/healthz) reads.
 """
 
 from collections import deque
@@ -38,7 +40,8 @@ class Health:
         self.draining = False
         self.cpu_percent = 0.0
         self.memory_percent = 0.0
-        self.reactor_lag = 0.0
+        self.reactor_lag = 0.0  # the last tick's
+        self.sustained_lag = 0.0  # averaged over the window
         self._observers = []
         self._last = None
 
@@ -58,7 +61,7 @@ class Health:
         if not self.redis_up or not self.hosting:
             return UNHEALTHY
         if (self.cpu_percent >= PRESSURE_PERCENT or self.memory_percent >= PRESSURE_PERCENT
-                or self.reactor_lag > self.lag_threshold):
+                or self.sustained_lag > self.lag_threshold):
             return DEGRADED
         return HEALTHY
 
@@ -87,31 +90,38 @@ class Health:
 
 
 class WindowMean:
-    """The mean of samples over the last ``window()`` seconds, the time
-    before the first sample counting as zero: a window's worth of samples
-    at 100 % is needed to reach 100 %."""
+    """The mean of the samples of the last ``window()`` seconds, taken about
+    every ``sample_every`` seconds, the time before the first sample counting
+    as samples of zero: a window's worth of samples at 100 % is needed to
+    reach 100 %. A late sample counts once (a reactor that stalls once
+    ticks once), so a lag that lasts weighs more than one long stall."""
 
     def __init__(self, window, sample_every):
         self._window = window
         self._sample_every = sample_every
         self._samples = deque()  # (time, value), oldest first
+        self._first = None
 
     def add(self, now, value):
         """Record ``value`` at ``now`` and return the mean over the window."""
         window = self._window()
+        if self._first is None:
+            self._first = now
         samples = self._samples
         samples.append((now, value))
         while samples[0][0] <= now - window:
             samples.popleft()
-        expected = max(len(samples), window / self._sample_every)
-        return sum(v for _, v in samples) / expected
+        covered = now - self._first + self._sample_every
+        missing = max(0.0, window - covered) / self._sample_every
+        return sum(v for _, v in samples) / (len(samples) + missing)
 
 
 class HealthMonitor(Service):
     """Ticks every ``interval`` seconds: the lateness of each tick is the
     reactor's lag, and each tick re-checks health, so a Redis outage or
     recovery is noticed within one tick. CPU and memory are sampled every
-    ``sample_every`` seconds and averaged over ``window()`` seconds."""
+    ``sample_every`` seconds; they and the lag are averaged over
+    ``window()`` seconds."""
 
     name = "health-monitor"
     log = Logger()
@@ -130,6 +140,7 @@ class HealthMonitor(Service):
         self._next_sample = 0.0
         self._cpu = WindowMean(window, sample_every)
         self._memory = WindowMean(window, sample_every)
+        self._lag = WindowMean(window, interval)
 
     def startService(self):
         super().startService()
@@ -147,6 +158,7 @@ class HealthMonitor(Service):
         self._expected = now + self.interval
         h = self._health
         h.reactor_lag = lag
+        h.sustained_lag = self._lag.add(now, lag)
         if now >= self._next_sample:
             self._next_sample = now + self.sample_every
             h.cpu_percent = self._cpu.add(now, self._probe.cpu_percent())
