@@ -116,7 +116,8 @@ async def test_a_lost_meeting_is_dropped_within_an_interval_message_or_not(redis
 @pytest_twisted.ensureDeferred
 async def test_no_redis_command_per_hosted_meeting_while_idle(redis, make_stack):
     hosted, seconds, interval, probe = 3000, 2.0, 0.4, 0.1
-    a = await make_stack("mc-a", interval, probe_every=lambda: probe)
+    # A long reply timeout: 3000 claims on a busy test machine must not run late.
+    a = await make_stack("mc-a", interval, probe_every=lambda: probe, reply_timeout=30)
     await a.ownership.check()  # the marker set (the start-up recovery does it in the MC)
     await defer.gatherResults([defer.ensureDeferred(a.assign(f"idle-{i}"))
                                for i in range(hosted)])

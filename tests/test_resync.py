@@ -1,7 +1,8 @@
-"""A replica's full resync under a real ``twistd mc`` that needs one replica
-acknowledgement per claim: claims are refused at once while no replica is
-online (never left waiting in WAIT), readiness goes down once and up once
-(no flapping), and claims are accepted again once the replica is back."""
+"""A replica lost and back (with the full resync that follows) under a real
+``twistd mc`` that needs one replica acknowledgement per claim: claims are
+refused at once while no replica is online (never left waiting in WAIT),
+readiness goes down once and up once (no flapping), and claims are accepted
+again once the replica is back."""
 
 import threading
 import time
@@ -11,14 +12,12 @@ from mc.testing.redisproc import RedisProcess
 from tests.test_faults import Stream, accepted, unhealthy
 from tests.test_sentinel import link_up
 
-#: The primary waits this long before it streams a full sync to a replica:
-#: the replica is connected, not online, for that long.
-SYNC_DELAY = 3
+#: Seconds the replica stays away.
+AWAY = 2.0
 
 
-def test_a_replica_resync_refuses_claims_fast_and_readiness_does_not_flap(mc_procs, fake_gc):
-    primary = RedisProcess(args=("--repl-diskless-sync", "yes", "--repl-diskless-sync-delay",
-                                 str(SYNC_DELAY))).start()
+def test_a_replica_away_refuses_claims_fast_and_readiness_does_not_flap(mc_procs, fake_gc):
+    primary = RedisProcess().start()
     replica = RedisProcess(args=("--replicaof", "127.0.0.1", str(primary.port)))
     try:
         replica.start()
@@ -36,8 +35,9 @@ def test_a_replica_resync_refuses_claims_fast_and_readiness_does_not_flap(mc_pro
         sampler.start()
         with Stream(mc.grpc_target, prefix="rs") as stream:
             wait_for(lambda: stream.count(accepted) >= 3, 10, what="accepts before")
-            replica.kill()  # back empty: a full resync, SYNC_DELAY s before it starts
+            replica.kill()  # back empty after AWAY s: a full resync
             cut = time.monotonic()
+            time.sleep(AWAY)
             replica.start()
             wait_for(lambda: link_up(replica, primary), 30, what="the resync")
             synced = time.monotonic()
@@ -46,7 +46,8 @@ def test_a_replica_resync_refuses_claims_fast_and_readiness_does_not_flap(mc_pro
         stop.set()
         sampler.join(5)
         during = [(e - s, o) for _, s, e, o in stream.results if cut <= s and e <= synced]
-        assert during and all(unhealthy(o) for _, o in during), during
+        assert during and all(unhealthy(o) for _, o in during), (
+            synced - cut, [(s - cut, e - cut, o) for _, s, e, o in stream.results])
         assert all(took < 0.5 for took, _ in during), "refused at once, not after a WAIT"
         flips = sum(1 for a, b in zip(readiness, readiness[1:], strict=False) if a != b)
         assert readiness[0] and readiness[-1] and flips == 2, readiness

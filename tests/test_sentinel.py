@@ -160,3 +160,35 @@ def test_the_mc_goes_on_with_the_promoted_replica(ha, mc_procs):
         if accepted(outcome):
             assert ha.replica.command("GET", generation_key(meeting_id)) is not None, meeting_id
             assert ha.replica.hgetall(state_key(meeting_id))["mc_id"] == mc.mc_id
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_previous_owner_is_told_only_of_a_durable_claim(make_store):
+    primary = RedisProcess(args=FAST_SYNC).start()
+    replica = RedisProcess(args=("--replicaof", "127.0.0.1", str(primary.port))).start()
+    try:
+        wait_for(lambda: link_up(replica, primary), 10, what="replication")
+        store = await make_store(primary.url, replica_timeout=0.3, replica_acks=1)
+        a = await store.claim_and_write("d1", "mc-a", RECORD, {})
+        assert await store.news("mc-a") == (True, [])
+        replica.pause()
+        try:
+            with pytest.raises(ReplicasShort):
+                await store.claim_and_write("d1", "mc-b", RECORD, {})
+        finally:
+            replica.resume()
+        state = primary.hgetall(state_key("d1"))
+        assert (state["mc_id"], state["pending"], state["prev_mc_id"]) == ("mc-b", "1", "mc-a")
+        assert primary.command("HGETALL", "mc:mc-a:lost") == [], "mc-a was not told"
+        wait_for(lambda: link_up(replica, primary), 10, what="replication again")
+        assert not store.connected, "unavailable for health while the replicas fell short"
+        c = await store.claim_and_write("d1", "mc-c", RECORD, {})
+        assert store.connected, "a durable claim shows the replicas are back"
+        assert c > a
+        _, lost = await store.news("mc-a")
+        assert lost == [("d1", c)], "the last confirmed owner is told, past the unconfirmed one"
+        assert primary.command("HGETALL", "mc:mc-b:lost") == []
+        assert "pending" not in primary.hgetall(state_key("d1"))
+    finally:
+        replica.cleanup()
+        primary.cleanup()

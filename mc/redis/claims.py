@@ -60,8 +60,8 @@ class ClaimBatcher:
         self._key_ttl = key_ttl
         self._replicas = replicas
         self._pending: dict[str, list[Claim]] = {}
+        self._deadlines: dict[str, float] = {}  # when each batch stops being waited for
         self._call = None
-        self._deadline = 0.0  # when the batch being filled stops being waited for
 
     def add(self, claimer, claim, deadline):
         """Queue ``claim`` of ``claimer``; fires with its generation.
@@ -72,7 +72,7 @@ class ClaimBatcher:
                                                "connected"))
         batch = self._pending.setdefault(claimer, [])
         batch.append(claim)
-        self._deadline = max(self._deadline, deadline)
+        self._deadlines[claimer] = max(self._deadlines.get(claimer, 0.0), deadline)
         if len(batch) >= MAX_BATCH:
             self._send(claimer, self._pending.pop(claimer))
         elif self._call is None:
@@ -88,7 +88,7 @@ class ClaimBatcher:
             self._send(claimer, batch)
 
     def _send(self, claimer, batch):
-        deadline, self._deadline = self._deadline, 0.0
+        deadline = self._deadlines.pop(claimer, 0.0)
         d = defer.ensureDeferred(self._claim(claimer, batch, deadline))
         d.addErrback(self._failed, batch)
 
