@@ -129,6 +129,7 @@ async def test_accept_writes_exactly_the_contract_keys(redis, make_mc):
                   "assigned_at": mh["assigned_at"]}
     state = redis.hgetall("meeting:meeting-1:state")
     assert state.pop("claim_id") and int(state.pop("claimed_at")) >= before * 1000
+    assert state.pop("mh_grpc_endpoints")  # the MHs' gRPC endpoints (the v1 dialect's)
     assert state == {
         "mc_id": "mc-test-1", "generation": str(generation), "grpc_endpoint": ADVERTISED,
         "assigned_at": str(mh["assigned_at"])}

@@ -109,7 +109,8 @@ async def test_a_lost_meeting_is_dropped_within_an_interval_message_or_not(redis
 
     assert a.hosted() == {"m3"} and b.hosted() == {"m1", "m2"}
     assert a.metrics.fenced_out._value.get() == 2
-    assert redis.command("HLEN", lost_key("mc-a")) == 0, "news acted on is forgotten"
+    await wait_until(lambda: redis.command("HLEN", lost_key("mc-a")) == 0, timeout=5,
+                     what="news acted on to be forgotten")
     assert sorted(redis.command("SMEMBERS", meetings_index_key("mc-a"))) == ["m3"]
 
 
