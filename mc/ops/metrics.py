@@ -58,7 +58,9 @@ class Metrics:
         self.meetings_ended = Counter(
             "mc_meetings_ended_total", "Meetings that ended here", ["reason"], registry=r)
         self.redis_up = Gauge(
-            "mc_redis_up", "1 while connected to Redis", registry=r)
+            "mc_redis_up",
+            "1 while Redis is available to this MC: answering, and with the online "
+            "replicas a durable claim needs (MC_REDIS_REPLICA_ACKS)", registry=r)
         self.reactor_lag = Gauge(
             "mc_reactor_lag_seconds", "Lateness of the last health-monitor tick", registry=r)
         self.reactor_lag_hist = Histogram(
