@@ -22,12 +22,13 @@ import json
 import secrets
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs
 
 import jwt
 
 from mc.testing.issuer import TokenIssuer
+from mc.testing.loopback_http import LoopbackHttp
 
 TOKEN_PATH = "/api/v1/auth/service/token"
 JWKS_PATH = "/.well-known/jwks.json"
@@ -49,12 +50,12 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.split("?")[0] != JWKS_PATH:
             self._send(404, {"error": "not_found"})
             return
-        self._send(200, self.server.ac._thd_jwks())
+        self._send(200, self.server.owner._thd_jwks())
 
     def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(min(length, 64 * 1024))
-        status, payload = self.server.ac._thd_token_answer(self.headers, body)
+        status, payload = self.server.owner._thd_token_answer(self.headers, body)
         if isinstance(payload, bytes):
             self._send_bytes(status, payload)
         else:
@@ -91,9 +92,7 @@ class AcDouble:
         self._issued = []
         self._requests = 0
         self._jwks_requests = 0
-        self._server = None
-        self._thread = None
-        self.port = 0
+        self._http = LoopbackHttp(_Handler, self, "ac-http")
 
     def __repr__(self):
         return f"<AcDouble {self.url} clients={len(self._clients)}>"
@@ -270,33 +269,19 @@ class AcDouble:
         """``AC_JWKS_URL``."""
         return self.url + JWKS_PATH
 
+    @property
+    def port(self):
+        return self._http.port
+
     def serve(self, port=None):
         """Serve from a daemon thread; ``port`` None reuses the last one (0
         the first time: any free port). Idempotent."""
-        with self._lock:
-            if self._server is not None:
-                return self
-            server = ThreadingHTTPServer(("127.0.0.1", self.port if port is None else port),
-                                         _Handler)
-            server.daemon_threads = True
-            server.ac = self
-            thread = threading.Thread(target=server.serve_forever,
-                                      kwargs={"poll_interval": 0.05}, name="ac-http",
-                                      daemon=True)
-            thread.start()
-            self._server, self._thread = server, thread
-            self.port = server.server_address[1]
+        self._http.start(port)
         return self
 
     def stop(self):
-        with self._lock:
-            server, thread = self._server, self._thread
-            self._server = self._thread = None
         self._released.set()
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
+        self._http.stop()
 
     def __enter__(self):
         return self.serve()

@@ -18,11 +18,13 @@ import secrets
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from mc.testing.loopback_http import LoopbackHttp
 
 DEFAULT_LIFETIME = 300
 _HMAC_HASHES = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
@@ -76,7 +78,7 @@ class _JwksHandler(BaseHTTPRequestHandler):
     """Answers every GET with the issuer's JWKS (or its scripted answer)."""
 
     def do_GET(self):
-        status, body = self.server.issuer._thd_http_answer()
+        status, body = self.server.owner._thd_http_answer()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -103,12 +105,10 @@ class TokenIssuer:
         self._published = [k for k in (self.current, self.es256) if k is not None]
         self._http_override = None
         self._http_requests = 0
-        self._server = None
-        self._thread = None
-        self.port = 0
+        self._http = LoopbackHttp(_JwksHandler, self, "jwks-http")
 
     def __repr__(self):
-        return f"<TokenIssuer kids={self.kids()} serving={self._server is not None}>"
+        return f"<TokenIssuer kids={self.kids()} serving={self._http.serving}>"
 
     # -- keys ------------------------------------------------------------
 
@@ -220,30 +220,18 @@ class TokenIssuer:
         with self._lock:
             self._http_override = None if body is None and status == 200 else (status, body or b"")
 
+    @property
+    def port(self):
+        return self._http.port
+
     def serve(self, port=None):
         """Serve the JWKS on 127.0.0.1 from a daemon thread; ``port`` None
         reuses the last one (0 the first time: any free port). Idempotent."""
-        with self._lock:
-            if self._server is not None:
-                return self
-            server = ThreadingHTTPServer(("127.0.0.1", self.port if port is None else port),
-                                         _JwksHandler)
-            server.issuer = self
-            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                      name="jwks-http", daemon=True)
-            thread.start()
-            self._server, self._thread = server, thread
-            self.port = server.server_address[1]
+        self._http.start(port)
         return self
 
     def stop_serving(self):
-        with self._lock:
-            server, thread = self._server, self._thread
-            self._server = self._thread = None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
+        self._http.stop()
 
     def __enter__(self):
         return self.serve()
